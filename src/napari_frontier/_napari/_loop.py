@@ -1,0 +1,210 @@
+"""The live-training loop run by the plugin's worker thread (no Qt in here).
+
+One generator trains *and* predicts, so the model is only ever touched by the
+thread that drives it. It receives new scribbles, the visible region and stop
+requests through a :class:`Mailbox`, and yields small immutable
+:class:`LoopUpdate` objects that the main thread only has to assign to layers.
+A plain ``for`` loop drives it in tests; napari's ``thread_worker`` drives it
+in the plugin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..inference import Prediction, predict_probabilities
+from ..training import TrainUpdate
+
+#: Predict the visible region instead of the whole image when it covers less
+#: than this fraction of the image.
+REGION_FRACTION = 0.6
+
+
+class Mailbox:
+    """Thread-safe inbox of the loop: the latest value of each key wins.
+
+    A worker's own ``send`` has a single slot, so a viewport update could
+    overwrite a pending scribble update; here every kind of message has its
+    own slot.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: dict = {}
+        self._stop = threading.Event()
+        self.final_prediction = True
+
+    def post(self, **items) -> None:
+        """Leave messages (``scribbles=(version, array)``, ``view=(r0, r1, c0, c1)``)."""
+        with self._lock:
+            self._items.update(items)
+
+    def take(self) -> dict:
+        """Remove and return all pending messages."""
+        with self._lock:
+            items, self._items = self._items, {}
+        return items
+
+    def stop(self, final_prediction: bool = True) -> None:
+        """Ask the loop to stop (with or without a last whole-image prediction)."""
+        self.final_prediction = self.final_prediction and final_prediction
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What the overlay layers show; arrays are private copies of the loop."""
+
+    prediction: Prediction
+    uncertainty: np.ndarray
+    contours: list = field(repr=False)
+    step: int
+    region: tuple[int, int, int, int]
+    scribbles_version: int
+    seconds: float
+
+    @property
+    def p_is(self) -> np.ndarray:
+        """P("is"), NaN at invalid pixels."""
+        return self.prediction.probabilities[0]
+
+
+@dataclass(frozen=True)
+class LoopUpdate:
+    """One message from the loop: a training update, an overlay, or both."""
+
+    train: TrainUpdate | None = None
+    overlay: Overlay | None = None
+    scribbles_version: int = 0
+    error: BaseException | None = None
+    final: bool = False
+
+
+def _region(view, shape, halo: int) -> tuple[tuple[int, int, int, int], tuple[slice, slice]]:
+    """Visible region clipped to the image, and the same grown by ``halo``."""
+    h, w = shape
+    r0, r1, c0, c1 = (int(v) for v in view)
+    r0, r1 = max(0, min(r0, h - 1)), max(1, min(r1, h))
+    c0, c1 = max(0, min(c0, w - 1)), max(1, min(c1, w))
+    r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
+    grown = (
+        slice(max(0, r0 - halo), min(h, r1 + halo)),
+        slice(max(0, c0 - halo), min(w, c1 + halo)),
+    )
+    return (r0, r1, c0, c1), grown
+
+
+class _Predictor:
+    """Keeps the latest probabilities of the whole image and refreshes parts of it."""
+
+    def __init__(self, seg, image):
+        self.seg = seg
+        self.prepared = seg.prepare(image)
+        h, w = self.prepared.shape
+        self.probs = np.full((seg.n_classes, h, w), np.nan, np.float32)
+        self.full_done = False
+
+    def run(self, view, step: int, version: int) -> Overlay:
+        t0 = time.perf_counter()
+        p = self.prepared
+        h, w = p.shape
+        region, grown = (0, h, 0, w), (slice(0, h), slice(0, w))
+        if view is not None and self.full_done:
+            r, g = _region(view, (h, w), self.seg.model.config.halo)
+            if (r[1] - r[0]) * (r[3] - r[2]) < REGION_FRACTION * h * w:
+                region, grown = r, g
+        x = p.x[:, grown[0], grown[1]]
+        probs = predict_probabilities(self.seg.model, x, self.seg.device)
+        r0, r1, c0, c1 = region
+        oy, ox = r0 - grown[0].start, c0 - grown[1].start
+        core = probs[:, oy : oy + r1 - r0, ox : ox + c1 - c0]
+        core[:, ~p.valid[r0:r1, c0:c1]] = np.nan
+        self.probs[:, r0:r1, c0:c1] = core
+        self.full_done = True
+        pred = Prediction(probabilities=self.probs.copy(), valid=p.valid)
+        return Overlay(
+            prediction=pred,
+            uncertainty=pred.uncertainty,
+            contours=pred.frontier,
+            step=step,
+            region=region,
+            scribbles_version=version,
+            seconds=time.perf_counter() - t0,
+        )
+
+
+def live_training(
+    seg,
+    image: np.ndarray,
+    scribbles: np.ndarray,
+    mailbox: Mailbox,
+    predict_interval: float = 0.3,
+    version: int = 0,
+) -> Generator[LoopUpdate, None, None]:
+    """Train ``seg`` until ``mailbox.stop()``; yield training updates and overlays.
+
+    Parameters
+    ----------
+    seg
+        A :class:`~napari_frontier.segmenter.Segmenter` (continues from its weights).
+    image, scribbles
+        Private copies: the loop owns them.
+    mailbox
+        New scribbles (``scribbles=(version, array)``), the visible region
+        (``view=(r0, r1, c0, c1)`` in pixels) and the stop request.
+    predict_interval
+        Least time between predictions. A prediction also waits at least as
+        long as the previous one took, so training keeps half of the time.
+    version
+        Version number of ``scribbles`` (reported back in overlays).
+
+    Errors are yielded as ``LoopUpdate(error=...)`` instead of raised, so the
+    driver decides how to show them (a worker would drop ``RuntimeError``).
+    """
+    try:
+        predictor = _Predictor(seg, image)
+        gen = seg.training(image, scribbles)
+    except Exception as exc:
+        yield LoopUpdate(error=exc, final=True)
+        return
+    view = None
+    last = None
+    next_predict = time.perf_counter() + predict_interval
+    try:
+        upd = next(gen)
+        while not mailbox.stopped:
+            items = mailbox.take()
+            view = items.get("view", view)
+            if "scribbles" in items:
+                new_version, array = items["scribbles"]
+                upd = gen.send(array)
+                if upd.message == "scribbles updated":
+                    version = new_version
+            else:
+                upd = next(gen)
+            last = upd
+            yield LoopUpdate(train=upd, scribbles_version=version)
+            if time.perf_counter() >= next_predict and not mailbox.stopped:
+                overlay = predictor.run(view, upd.step, version)
+                next_predict = time.perf_counter() + max(predict_interval, overlay.seconds)
+                yield LoopUpdate(overlay=overlay, scribbles_version=version)
+        gen.close()
+        if mailbox.final_prediction:
+            predictor.full_done = False
+            overlay = predictor.run(None, seg.step, version)
+            yield LoopUpdate(train=last, overlay=overlay, scribbles_version=version, final=True)
+        else:
+            yield LoopUpdate(train=last, scribbles_version=version, final=True)
+    except Exception as exc:
+        yield LoopUpdate(error=exc, scribbles_version=version, final=True)
+    finally:
+        gen.close()

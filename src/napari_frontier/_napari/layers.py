@@ -1,0 +1,212 @@
+"""Find, create and style the plugin's layers (main thread only).
+
+Overlay layers are named exactly ``"prediction"`` (P("is") as a tint),
+``"frontier"`` (sub-pixel contours where P("is") = 0.5, a Shapes layer of
+paths) and ``"uncertainty"`` (hidden by default). They are also tagged in
+``layer.metadata`` so a renamed overlay is still found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.colormaps import Colormap, DirectLabelColormap
+
+from ..errors import ImageError
+from ..labels import IS, IS_NOT, VOID
+
+ROLE_KEY = "napari-frontier"
+PREDICTION, FRONTIER, UNCERTAINTY, SCRIBBLES = "prediction", "frontier", "uncertainty", "scribbles"
+OVERLAYS = (PREDICTION, FRONTIER, UNCERTAINTY)
+
+IS_COLOR = (1.0, 0.25, 0.85, 1.0)  # magenta
+IS_NOT_COLOR = (0.1, 0.8, 1.0, 1.0)  # cyan
+FRONTIER_COLOR = (1.0, 0.95, 0.0, 1.0)  # yellow
+FRONTIER_WIDTH = 1.0  # in image pixels
+
+
+def scribble_colormap() -> DirectLabelColormap:
+    """Void transparent, "is" magenta, "is not" cyan, anything else grey."""
+    return DirectLabelColormap(
+        color_dict={
+            None: (0.6, 0.6, 0.6, 1.0),
+            VOID: (0.0, 0.0, 0.0, 0.0),
+            IS: IS_COLOR,
+            IS_NOT: IS_NOT_COLOR,
+        }
+    )
+
+
+def prediction_colormap() -> Colormap:
+    """Transparent where P("is") is 0, the "is" colour where it is 1."""
+    r, g, b, _ = IS_COLOR
+    return Colormap(
+        colors=[[r, g, b, 0.0], [r, g, b, 0.15], [r, g, b, 0.85]],
+        controls=[0.0, 0.5, 1.0],
+        name="frontier P(is)",
+    )
+
+
+def find_layer(viewer, role: str, kind: type):
+    """The layer of type ``kind`` named (or tagged) ``role``, or None."""
+    for layer in viewer.layers:
+        if isinstance(layer, kind) and layer.name == role:
+            return layer
+    for layer in viewer.layers:
+        if isinstance(layer, kind) and layer.metadata.get(ROLE_KEY) == role:
+            return layer
+    return None
+
+
+def image_data(layer) -> np.ndarray:
+    """A numpy copy of a 2D grey or RGB(A) image layer's data.
+
+    Raises
+    ------
+    ImageError
+        For stacks, multiscale or other shapes, with a message to show.
+    """
+    if not isinstance(layer, Image):
+        raise ImageError("choose an image layer to train on")
+    if layer.multiscale:
+        raise ImageError(
+            f'"{layer.name}" is a multiscale image; napari-frontier trains on single-scale '
+            "2D images (open the full-resolution level as its own layer)"
+        )
+    if layer.ndim != 2:
+        raise ImageError(
+            f'"{layer.name}" has {layer.ndim} dimensions (shape {tuple(layer.data.shape)}); '
+            "napari-frontier trains on 2D grey or RGB images: open one plane as its own layer"
+        )
+    return np.array(layer.data, copy=True)
+
+
+def spatial_shape(layer) -> tuple[int, int]:
+    """(H, W) of a 2D image layer (RGB channels left out)."""
+    shape = tuple(layer.data.shape)
+    return shape[:2] if getattr(layer, "rgb", False) else shape[-2:]
+
+
+def style_scribbles(layer: Labels) -> None:
+    """Make a Labels layer ready for painting "is" (1) and "is not" (2)."""
+    layer.colormap = scribble_colormap()
+    layer.features = {"index": [VOID, IS, IS_NOT], "class": ["void", "is", "is not"]}
+    layer.metadata[ROLE_KEY] = SCRIBBLES
+    layer.opacity = 0.9
+    layer.selected_label = IS
+    layer.mode = "paint"
+
+
+def new_scribbles_layer(viewer, image_layer) -> Labels:
+    """Add an empty, styled scribbles layer matching ``image_layer``."""
+    shape = spatial_shape(image_layer)
+    layer = viewer.add_labels(
+        np.zeros(shape, np.uint8),
+        name=SCRIBBLES,
+        scale=image_layer.scale[-2:],
+        translate=image_layer.translate[-2:],
+    )
+    style_scribbles(layer)
+    return layer
+
+
+def _place_below(viewer, layer, anchor) -> None:
+    """Move ``layer`` right below ``anchor`` (so strokes stay on top)."""
+    if anchor is None or anchor not in viewer.layers:
+        return
+    src, dst = viewer.layers.index(layer), viewer.layers.index(anchor)
+    if src > dst:
+        viewer.layers.move(src, dst)
+
+
+def _ensure_image(viewer, role, data, image_layer, anchor, **kwargs) -> Image:
+    layer = find_layer(viewer, role, Image)
+    if layer is not None:
+        layer.data = data
+        return layer
+    layer = viewer.add_image(
+        data,
+        name=role,
+        contrast_limits=(0.0, 1.0),
+        scale=image_layer.scale[-2:],
+        translate=image_layer.translate[-2:],
+        metadata={ROLE_KEY: role},
+        **kwargs,
+    )
+    _place_below(viewer, layer, anchor)
+    return layer
+
+
+def _ensure_frontier(viewer, contours, image_layer, anchor) -> Shapes:
+    layer = find_layer(viewer, FRONTIER, Shapes)
+    if layer is None:
+        layer = viewer.add_shapes(
+            name=FRONTIER,
+            ndim=2,
+            scale=image_layer.scale[-2:],
+            translate=image_layer.translate[-2:],
+            edge_color=FRONTIER_COLOR,
+            edge_width=FRONTIER_WIDTH,
+            face_color="transparent",
+            metadata={ROLE_KEY: FRONTIER},
+        )
+        _place_below(viewer, layer, anchor)
+    layer.selected_data = set()
+    layer.current_edge_color = FRONTIER_COLOR
+    layer.current_edge_width = FRONTIER_WIDTH
+    layer.data = []
+    if contours:
+        layer.add_paths(list(contours), edge_color=FRONTIER_COLOR, edge_width=FRONTIER_WIDTH)
+    return layer
+
+
+def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
+    """Assign an :class:`~._loop.Overlay` to the overlay layers (creating them once).
+
+    The active layer stays what it was, so painting continues undisturbed.
+    """
+    selection = viewer.layers.selection
+    active, selected = selection.active, set(selection)
+    created = find_layer(viewer, PREDICTION, Image) is None
+    _ensure_image(
+        viewer,
+        PREDICTION,
+        overlay.p_is,
+        image_layer,
+        scribbles_layer,
+        colormap=prediction_colormap(),
+        blending="translucent",
+    )
+    _ensure_image(
+        viewer,
+        UNCERTAINTY,
+        overlay.uncertainty,
+        image_layer,
+        scribbles_layer,
+        colormap="inferno",
+        opacity=0.6,
+        visible=False,
+    )
+    _ensure_frontier(viewer, overlay.contours, image_layer, scribbles_layer)
+    if created or selection.active is not active:
+        selection.clear()
+        selection.update(s for s in selected if s in viewer.layers)
+        if active in viewer.layers:
+            selection.active = active
+
+
+def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels:
+    """Add (or replace) a Labels layer holding a predicted class map."""
+    existing = find_layer(viewer, name, Labels)
+    if existing is not None:
+        existing.data = labels
+        return existing
+    layer = viewer.add_labels(
+        labels,
+        name=name,
+        scale=image_layer.scale[-2:],
+        translate=image_layer.translate[-2:],
+        opacity=0.5,
+    )
+    layer.colormap = scribble_colormap()
+    return layer

@@ -1,0 +1,345 @@
+"""The ``frontier`` command line: train, predict, export, info.
+
+User errors (bad files, bad scribbles, mismatched shapes) print one line on
+stderr and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_EPILOG = """\
+scribbles: an image of the same height and width as IMAGE, 0 = void (not
+painted, ignored), 1 = "is", 2 = "is not" (or 1..K for K classes).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="frontier",
+        description="Train a segmentation network from scribbles and predict masks.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"napari-frontier {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train", help="train a model from an image and its scribbles", epilog=_EPILOG
+    )
+    t.add_argument("image", nargs="+", help="image file(s) (.tif, .png, .jpg, .npy)")
+    t.add_argument(
+        "-s",
+        "--scribbles",
+        nargs="+",
+        required=True,
+        help="scribble file(s), one per image, in the same order",
+    )
+    t.add_argument("-o", "--output", required=True, help="checkpoint to write (e.g. model.pt)")
+    t.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="wall-clock training budget (default 60 if --steps is not given)",
+    )
+    t.add_argument("--steps", type=int, default=None, help="number of training steps")
+    t.add_argument(
+        "--classes",
+        type=int,
+        default=2,
+        help="number of painted classes K (default 2: is / is not)",
+    )
+    t.add_argument(
+        "--from",
+        dest="init",
+        default=None,
+        metavar="MODEL",
+        help="continue training from this checkpoint",
+    )
+    _common(t)
+    t.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are reproducible)")
+    t.add_argument(
+        "--width", type=int, default=None, help="network width (channels at full resolution)"
+    )
+    t.add_argument("--depth", type=int, default=None, help="network depth (number of poolings)")
+    t.add_argument(
+        "--patch-size", type=int, default=None, help="side of training patches in pixels"
+    )
+    t.add_argument("--batch-size", type=int, default=None, help="patches per training step")
+    t.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate")
+    t.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="share of strokes held out to measure accuracy (0 to use all)",
+    )
+
+    q = sub.add_parser("predict", help="predict masks of one or many images with a trained model")
+    q.add_argument("model", help="checkpoint written by 'frontier train'")
+    q.add_argument("image", nargs="+", help="image file(s), folders or glob patterns")
+    q.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output mask file; a folder when several images are given",
+    )
+    q.add_argument(
+        "--format",
+        choices=("binary", "labels"),
+        default="binary",
+        help="binary: uint8 255 = is, 0 = is not, 127 = no-data; labels: class index 1..K, 0 = no-data",
+    )
+    q.add_argument(
+        "--probabilities",
+        default=None,
+        metavar="PATH",
+        help="also write P(class) as float32 TIFF (a folder with several images)",
+    )
+    q.add_argument("--tile", type=int, default=512, help="tile side for sliding-window prediction")
+    _common(q, nodata=False)
+
+    e = sub.add_parser(
+        "export",
+        help="export the network as a torch.export program (.pt2) for use without napari-frontier",
+    )
+    e.add_argument("model", help="checkpoint written by 'frontier train'")
+    e.add_argument("-o", "--output", required=True, help="file to write (e.g. model.pt2)")
+
+    i = sub.add_parser("info", help="show what a checkpoint holds")
+    i.add_argument("model", help="checkpoint file")
+    return p
+
+
+def _common(p, nodata: bool = True) -> None:
+    if nodata:
+        p.add_argument(
+            "--nodata",
+            type=float,
+            default=None,
+            help="pixel value that marks invalid input (NaN/inf always do)",
+        )
+        p.add_argument(
+            "--channel-axis",
+            type=int,
+            default=None,
+            help="axis of channels in the image (default: grey, or RGB if the last axis has 3 or 4)",
+        )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _progress(total, desc, quiet, unit="it"):
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
+
+
+def _train(args) -> int:
+    import dataclasses
+
+    from .io import read_image
+    from .segmenter import Segmenter
+    from .training import TrainConfig
+
+    if len(args.image) != len(args.scribbles):
+        raise _Usage(
+            f"{len(args.image)} image(s) but {len(args.scribbles)} scribble file(s); give one scribble file per image"
+        )
+    if args.seconds is None and args.steps is None:
+        args.seconds = 60.0
+    overrides = {
+        k: getattr(args, k)
+        for k in ("patch_size", "batch_size", "learning_rate")
+        if getattr(args, k) is not None
+    }
+    if args.holdout is not None:
+        overrides["holdout_fraction"] = args.holdout
+    tc = TrainConfig(seed=args.seed, device=args.device, threads=args.threads, **overrides)
+    images = [read_image(p) for p in args.image]
+    scribbles = [read_image(p) for p in args.scribbles]
+    if args.init:
+        seg = Segmenter.load(args.init, device=args.device)
+        seg.train_config = dataclasses.replace(tc, device=args.device)
+    else:
+        model_cfg = {
+            k: getattr(args, k) for k in ("width", "depth") if getattr(args, k) is not None
+        }
+        seg = Segmenter(
+            n_classes=args.classes,
+            channel_axis=args.channel_axis,
+            nodata=args.nodata,
+            train_config=tc,
+            model_config=model_cfg,
+        )
+    total = args.steps if args.steps is not None else args.seconds
+    unit = "step" if args.steps is not None else "s"
+    bar = _progress(total, "training", args.quiet, unit)
+    last = None
+    first_step = seg.step
+    with bar:
+        for upd in seg.training(images, scribbles, seconds=args.seconds, steps=args.steps):
+            last = upd
+            done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
+            bar.n = min(total, done)
+            bar.refresh()
+            hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
+            bar.set_postfix_str(
+                f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
+            )
+    seg.save(args.output)
+    if not args.quiet:
+        hold = "n/a" if last.holdout_accuracy is None else f"{last.holdout_accuracy:.3f}"
+        print(
+            f"trained {last.step} steps in {last.elapsed:.1f} s ({last.steps_per_second:.1f} steps/s) "
+            f"on {seg.device}; loss {last.loss:.3f}, accuracy on strokes {last.train_accuracy:.3f}, "
+            f"held-out {hold}; wrote {args.output}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def expand_inputs(patterns) -> list[Path]:
+    """Files named by paths, folders (their images) and glob patterns, in order, without duplicates."""
+    from .io import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for pat in patterns:
+        p = Path(pat)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in pat for ch in "*?["):
+            out += sorted(Path(q) for q in glob.glob(pat, recursive=True))
+        else:
+            out.append(p)
+    seen, unique = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+def _predict(args) -> int:
+    from .errors import FrontierError
+    from .io import read_image, write_image
+    from .segmenter import Segmenter
+
+    seg = Segmenter.load(args.model, device=args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    inputs = expand_inputs(args.image)
+    if not inputs:
+        raise _Usage("no input image found")
+    many = len(inputs) > 1 or Path(args.output).is_dir()
+    out = Path(args.output)
+    if many:
+        out.mkdir(parents=True, exist_ok=True)
+        suffix = ".tif"
+    failures = 0
+    bar = _progress(len(inputs), "predicting", args.quiet or len(inputs) == 1, "image")
+    with bar:
+        for path in inputs:
+            try:
+                image = read_image(path)
+                pred = seg.predict(image, tile=args.tile)
+                target = out / (path.stem + suffix) if many else out
+                write_image(target, pred.mask(args.format))
+                if args.probabilities:
+                    pp = Path(args.probabilities)
+                    if many:
+                        pp.mkdir(parents=True, exist_ok=True)
+                        pp = pp / (path.stem + "_probabilities.tif")
+                    write_image(pp, pred.probabilities.astype("float32"))
+            except FrontierError as exc:
+                if not many:
+                    raise
+                failures += 1
+                print(f"frontier: skipped {path}: {exc}", file=sys.stderr)
+            bar.update(1)
+    if failures:
+        print(f"frontier: {failures} of {len(inputs)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export(args) -> int:
+    import torch
+
+    from .io import atomic_path
+    from .segmenter import Segmenter
+
+    seg = Segmenter.load(args.model, device="cpu")
+    model = seg.model.eval()
+    m = model.config.multiple
+    # Heights and widths: any multiple of the pooling grid from 64 px up.
+    h = torch.export.Dim("h", min=64 // m, max=65536 // m)
+    w = torch.export.Dim("w", min=64 // m, max=65536 // m)
+    example = torch.zeros(1, model.config.in_channels + 1, 128, 128)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {2: m * h, 3: m * w}})
+    with atomic_path(args.output) as tmp:
+        torch.export.save(program, str(tmp))
+    print(
+        f"wrote {args.output}: torch.export program (load with torch.export.load(path).module()); "
+        f"input (N, {model.config.in_channels} channel(s) + 1 validity, H, W) normalised by "
+        f"percentiles {list(seg.percentiles)}, H and W multiples of {m}, at least 64; "
+        f"output (N, {model.config.n_classes}, H, W) logits for classes {list(seg.class_names)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _info(args) -> int:
+    import json
+
+    from .io import load_checkpoint
+
+    payload = load_checkpoint(args.model)
+    payload.pop("state_dict", None)
+    print(json.dumps(payload, indent=2, default=str))
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``frontier`` command."""
+    args = _parser().parse_args(argv)
+    from .errors import FrontierError
+
+    handlers = {"train": _train, "predict": _predict, "export": _export, "info": _info}
+    try:
+        return handlers[args.command](args)
+    except (FrontierError, _Usage) as exc:
+        print(f"frontier: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("frontier: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("frontier: error: out of memory; try a smaller --tile", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"frontier: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Reading images, writing masks atomically, and safe checkpoints.
+
+Every write goes to a temporary file in the target folder and is renamed into
+place only when complete, so a failure (full disk, read-only folder,
+interrupted process) never leaves a partial file under the final name.
+Checkpoints are loaded with ``torch.load(weights_only=True)``: plain tensors
+and containers only, never arbitrary pickled code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError, FrontierIOError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+CHECKPOINT_FORMAT = "napari-frontier"
+CHECKPOINT_VERSION = 1
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def read_image(path) -> np.ndarray:
+    """Read a TIFF, PNG, JPEG or ``.npy`` image as a numpy array.
+
+    Raises
+    ------
+    FrontierIOError
+        The file is missing, a folder, unreadable, truncated or not an image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FrontierIOError(f"{path}: no such file")
+    if path.is_dir():
+        raise FrontierIOError(f"{path}: is a folder, not an image file")
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise FrontierIOError(
+            f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    try:
+        if suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            data = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+
+            data = iio.imread(path)
+    except Exception as exc:  # any decoder failure is the same problem to the user
+        raise FrontierIOError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    data = np.asarray(data)
+    if data.dtype == object:
+        raise FrontierIOError(f"{path}: does not hold a numeric image")
+    return data
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and the error is raised as
+    :class:`FrontierIOError` (the original stays chained).
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FrontierIOError(f"{path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise FrontierIOError(f"{path}: is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise FrontierIOError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise FrontierIOError(f"{path}: write failed ({exc.strerror or exc})") from exc
+        raise
+
+
+def write_image(path, data: np.ndarray, compression: str | None = "zlib") -> Path:
+    """Write ``data`` atomically; the format follows the suffix (TIFF, PNG, JPEG, NPY)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    data = np.asarray(data)
+    if suffix not in IMAGE_SUFFIXES:
+        raise FrontierIOError(
+            f"{path}: unsupported output type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    with atomic_path(path) as tmp:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, data, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, data, compression=compression)
+        else:
+            import imageio.v3 as iio
+
+            if data.dtype.kind == "f":
+                raise FrontierIOError(f"{path}: {suffix} cannot hold float data; use .tif or .npy")
+            iio.imwrite(tmp, data, extension=suffix)
+    return path
+
+
+def save_checkpoint(path, payload: dict) -> Path:
+    """Write a checkpoint dict atomically (plain tensors, numbers, strings, lists)."""
+    import torch
+
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}
+    buffer = _io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """Load and check a checkpoint without executing pickled code.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, truncated, unsafe, foreign or newer-format file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused: the file holds Python objects that would run code when "
+                "loaded; napari-frontier only loads plain weight checkpoints"
+            ) from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({text})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a napari-frontier checkpoint")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this napari-frontier "
+            f"understands ({CHECKPOINT_VERSION}); upgrade napari-frontier"
+        )
+    return payload

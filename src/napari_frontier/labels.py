@@ -1,0 +1,140 @@
+"""Label conventions: void, "is", "is not" and K user classes.
+
+Scribbles are integer images where ``0`` (:data:`VOID`) means *not painted*
+and ``1..K`` are the painted classes. With two classes, ``1`` is "is"
+(:data:`IS`) and ``2`` is "is not" (:data:`IS_NOT`).
+
+For the network, scribbles become *targets*: class ``k`` becomes index
+``k - 1`` and every void or invalid pixel becomes :data:`IGNORE`, so a
+prediction is always one of the painted classes and never void.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ScribbleError, ShapeMismatchError
+
+VOID = 0
+IS = 1
+IS_NOT = 2
+IGNORE = -1
+DEFAULT_CLASS_NAMES = ("is", "is not")
+
+
+def validate_scribbles(
+    scribbles: np.ndarray,
+    n_classes: int = 2,
+    shape: tuple[int, ...] | None = None,
+    require_all_classes: bool = True,
+) -> np.ndarray:
+    """Check scribbles and return them as a ``uint8``/``int64`` label array.
+
+    Parameters
+    ----------
+    scribbles
+        Integer (or bool) array, 0 = void, 1..K = classes.
+    n_classes
+        Number of classes K.
+    shape
+        Expected spatial shape (the image's); a mismatch raises
+        :class:`ShapeMismatchError`.
+    require_all_classes
+        Raise :class:`ScribbleError` unless every class has a painted pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        The scribbles as ``int64``.
+    """
+    scribbles = np.asarray(scribbles)
+    if shape is not None and tuple(scribbles.shape) != tuple(shape):
+        raise ShapeMismatchError(
+            f"scribbles have shape {scribbles.shape} but the image is {tuple(shape)}; "
+            "paint the scribbles on a layer of the same size as the image"
+        )
+    if scribbles.dtype == bool:
+        scribbles = scribbles.astype(np.int64)
+    if scribbles.dtype.kind == "f":
+        if not np.all(np.isfinite(scribbles)) or np.any(scribbles != np.round(scribbles)):
+            raise ScribbleError("scribbles must hold whole numbers (0 = void, 1..K = classes)")
+    elif scribbles.dtype.kind not in "iu":
+        raise ScribbleError(f"scribbles must be an integer image, got dtype {scribbles.dtype}")
+    if scribbles.size:
+        lo, hi = scribbles.min(), scribbles.max()
+        if lo < 0 or hi > n_classes:
+            raise ScribbleError(
+                f"scribbles hold values from {lo} to {hi}, but only 0 (void) and "
+                f"1..{n_classes} (classes) are allowed"
+            )
+    scribbles = scribbles.astype(np.int64, copy=False)
+    if require_all_classes:
+        counts = class_counts(scribbles, n_classes)
+        missing = [k + 1 for k in range(n_classes) if counts[k] == 0]
+        if missing:
+            names = ", ".join(_class_name(k, n_classes) for k in missing)
+            raise ScribbleError(
+                f"no painted pixel for class {names}; paint at least one stroke of every class"
+            )
+    return scribbles
+
+
+def _class_name(k: int, n_classes: int) -> str:
+    if n_classes == 2:
+        return f'{k} ("{DEFAULT_CLASS_NAMES[k - 1]}")'
+    return str(k)
+
+
+def class_counts(scribbles: np.ndarray, n_classes: int) -> np.ndarray:
+    """Painted pixel count of each class 1..K (index 0 is class 1)."""
+    counts = np.bincount(np.asarray(scribbles).ravel().astype(np.int64), minlength=n_classes + 1)
+    return counts[1 : n_classes + 1]
+
+
+def to_targets(scribbles: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Scribbles (0 void, 1..K) to network targets (IGNORE, 0..K-1).
+
+    Pixels where ``valid`` is False (no-data input) are IGNORE even if painted.
+    """
+    targets = np.asarray(scribbles).astype(np.int64) - 1
+    if valid is not None:
+        targets[~valid] = IGNORE
+    return targets
+
+
+def split_strokes(
+    scribbles: np.ndarray,
+    n_classes: int,
+    holdout_fraction: float,
+    rng: np.random.Generator,
+    min_strokes: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split scribbles into training and held-out strokes.
+
+    A stroke is a connected component of one class. A class with fewer than
+    ``min_strokes`` strokes gives none away, so every class always keeps
+    training pixels.
+
+    Returns
+    -------
+    (train, holdout)
+        Two scribble arrays of the input's shape.
+    """
+    from scipy import ndimage
+
+    scribbles = np.asarray(scribbles)
+    train = scribbles.copy()
+    holdout = np.zeros_like(scribbles)
+    if holdout_fraction <= 0:
+        return train, holdout
+    structure = ndimage.generate_binary_structure(scribbles.ndim, scribbles.ndim)
+    for k in range(1, n_classes + 1):
+        components, n = ndimage.label(scribbles == k, structure=structure)
+        if n < min_strokes:
+            continue
+        n_out = min(n - 1, max(1, round(n * holdout_fraction)))
+        chosen = rng.choice(np.arange(1, n + 1), size=n_out, replace=False)
+        out = np.isin(components, chosen)
+        holdout[out] = k
+        train[out] = VOID
+    return train, holdout

@@ -1,0 +1,115 @@
+"""Patches for training, drawn around painted pixels, with augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .labels import IGNORE
+
+
+class PatchSampler:
+    """Draw augmented training patches from one or more prepared images.
+
+    Each patch is centred (with a random offset) on a painted pixel; the
+    class of that pixel is drawn uniformly, so a class painted with a single
+    short stroke still appears in every batch.
+
+    Parameters
+    ----------
+    images
+        List of ``(C + 1, H, W)`` float32 inputs (validity last).
+    targets
+        List of ``(H, W)`` int64 targets (IGNORE or 0..K-1).
+    n_classes
+        K.
+    patch_size
+        Side of the square patches.
+    rng
+        Source of randomness (seeded for reproducible runs).
+    """
+
+    def __init__(self, images, targets, n_classes: int, patch_size: int, rng: np.random.Generator):
+        self.n_classes = n_classes
+        self.patch_size = patch_size
+        self.rng = rng
+        self._images = []
+        self._targets = []
+        self._coords = []  # per image: list (per class) of (n, 2) painted coordinates
+        for x, t in zip(images, targets, strict=True):
+            self.add(x, t)
+
+    def add(self, x: np.ndarray, t: np.ndarray) -> None:
+        """Add an image and its targets, padded so any patch fits."""
+        p = self.patch_size
+        h, w = t.shape
+        py, px = max(0, p - h), max(0, p - w)
+        if py or px:
+            pad = ((py // 2, py - py // 2), (px // 2, px - px // 2))
+            x = np.pad(x, ((0, 0), *pad), mode="constant")
+            t = np.pad(t, pad, mode="constant", constant_values=IGNORE)
+        self._images.append(x)
+        self._targets.append(t)
+        self._coords.append([np.argwhere(t == k) for k in range(self.n_classes)])
+
+    def set_targets(self, index: int, t: np.ndarray) -> None:
+        """Replace the targets of image ``index`` (new strokes while training)."""
+        h, w = self._targets[index].shape
+        th, tw = t.shape
+        if (th, tw) != (h, w):
+            py, px = h - th, w - tw
+            t = np.pad(
+                t, ((py // 2, py - py // 2), (px // 2, px - px // 2)), constant_values=IGNORE
+            )
+        self._targets[index] = t
+        self._coords[index] = [np.argwhere(t == k) for k in range(self.n_classes)]
+
+    def class_counts(self) -> np.ndarray:
+        return np.array(
+            [sum(len(c[k]) for c in self._coords) for k in range(self.n_classes)], dtype=np.int64
+        )
+
+    def sample(self, batch_size: int, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(x, t)``: ``(B, C + 1, P, P)`` float32 and ``(B, P, P)`` int64."""
+        p = self.patch_size
+        rng = self.rng
+        xs = np.empty((batch_size, self._images[0].shape[0], p, p), dtype=np.float32)
+        ts = np.empty((batch_size, p, p), dtype=np.int64)
+        present = [k for k in range(self.n_classes) if any(len(c[k]) for c in self._coords)]
+        for b in range(batch_size):
+            k = present[rng.integers(len(present))]
+            candidates = [i for i, c in enumerate(self._coords) if len(c[k])]
+            i = candidates[rng.integers(len(candidates))]
+            cy, cx = self._coords[i][k][rng.integers(len(self._coords[i][k]))]
+            t_full = self._targets[i]
+            h, w = t_full.shape
+            y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
+            x0 = int(np.clip(cx - rng.integers(p // 8, p - p // 8), 0, w - p))
+            x = self._images[i][:, y0 : y0 + p, x0 : x0 + p]
+            t = t_full[y0 : y0 + p, x0 : x0 + p]
+            if augment:
+                x, t = _augment(x, t, rng)
+            xs[b] = x
+            ts[b] = t
+        return xs, ts
+
+
+def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator):
+    k = int(rng.integers(4))
+    if k:
+        x = np.rot90(x, k, axes=(1, 2))
+        t = np.rot90(t, k)
+    if rng.random() < 0.5:
+        x = x[:, :, ::-1]
+        t = t[:, ::-1]
+    x = np.array(x, dtype=np.float32)
+    # Mild per-channel contrast / brightness / gamma jitter on image channels
+    # (never on the validity channel), so the model tolerates other images.
+    img = x[:-1]
+    n = img.shape[0]
+    gain = rng.uniform(0.8, 1.25, size=(n, 1, 1)).astype(np.float32)
+    shift = rng.uniform(-0.1, 0.1, size=(n, 1, 1)).astype(np.float32)
+    img *= gain
+    img += shift
+    if rng.random() < 0.3:
+        img += rng.normal(0, 0.02, size=img.shape).astype(np.float32)
+    return x, np.ascontiguousarray(t)

@@ -1,0 +1,204 @@
+"""Training as a generator: small frozen updates out, new scribbles in.
+
+The same generator is driven by a plain loop (CLI, tests, scripts) and by
+napari's ``thread_worker`` (the plugin). It never touches a widget or a
+layer; it receives numpy copies and yields immutable :class:`TrainUpdate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import FrontierError
+from .labels import IGNORE
+from .losses import class_balance_weights, edge_aware_smoothness, masked_cross_entropy
+from .sampling import PatchSampler
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (defaults chosen by ``benchmarks/``)."""
+
+    patch_size: int = 64
+    batch_size: int = 4
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    class_balance: bool = True
+    holdout_fraction: float = 0.2
+    seed: int | None = 0
+    device: str = "auto"
+    amp: bool = True
+    threads: int | None = None
+    smoothness: float = 0.0
+    smoothness_sigma: float = 0.15
+    update_interval: float = 0.25
+    holdout_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainUpdate:
+    """One progress report from the training generator."""
+
+    step: int
+    loss: float
+    train_accuracy: float
+    holdout_accuracy: float | None
+    elapsed: float
+    steps_per_second: float
+    done: bool = False
+    message: str = ""
+
+
+class TrainingDiverged(FrontierError):
+    """The loss became NaN or infinite; the last good weights were restored."""
+
+
+@dataclass
+class TrainState:
+    """Everything a training run mutates (owned by one thread at a time)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    step: int = 0
+
+
+def _holdout_accuracy(model, sampler: PatchSampler, device, batch: int = 8) -> float | None:
+    if sampler is None or sampler.class_counts().sum() == 0:
+        return None
+    saved = sampler.rng
+    sampler.rng = np.random.default_rng(12345)  # same patches every time: a steady curve
+    try:
+        x, t = sampler.sample(batch, augment=False)
+    finally:
+        sampler.rng = saved
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
+    model.train()
+    scored = t != IGNORE
+    return float((pred[scored] == t[scored]).mean()) if scored.any() else None
+
+
+def train_steps(
+    state: TrainState,
+    sampler: PatchSampler,
+    config: TrainConfig,
+    holdout: PatchSampler | None = None,
+    seconds: float | None = None,
+    steps: int | None = None,
+    on_scribbles=None,
+) -> Generator[TrainUpdate, object, TrainUpdate]:
+    """Train until ``seconds`` or ``steps`` is reached (or forever if both are None).
+
+    Yields a :class:`TrainUpdate` about every ``config.update_interval``
+    seconds. A value sent into the generator is passed to ``on_scribbles``
+    (which updates the samplers) before the next step, so new strokes take
+    effect without a restart. Closing the generator stops at once; the model
+    keeps its current weights.
+    """
+    model, opt, device = state.model, state.optimizer, state.device
+    amp_dtype = None
+    if config.amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    model.train()
+    start = time.perf_counter()
+    last_yield = start
+    last_holdout_t = -math.inf
+    holdout_acc = None
+    first_step = state.step
+    loss_avg = acc_avg = float("nan")
+    message = ""
+    good = copy.deepcopy(model.state_dict())
+    cw = None
+
+    def finished() -> bool:
+        if steps is not None and state.step - first_step >= steps:
+            return True
+        return seconds is not None and time.perf_counter() - start >= seconds
+
+    def update(done: bool) -> TrainUpdate:
+        elapsed = time.perf_counter() - start
+        n = state.step - first_step
+        return TrainUpdate(
+            step=state.step,
+            loss=loss_avg,
+            train_accuracy=acc_avg,
+            holdout_accuracy=holdout_acc,
+            elapsed=elapsed,
+            steps_per_second=n / elapsed if elapsed > 0 else 0.0,
+            done=done,
+            message=message,
+        )
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    while not finished():
+        # Running statistics start as a plain average of the batches seen and
+        # only then become an exponential average: with the default momentum
+        # the initial variance of 1 dominates for hundreds of steps and
+        # predictions in eval mode are wrong early in training.
+        for bn in norms:
+            bn.momentum = max(0.1, 1.0 / (1 + int(bn.num_batches_tracked)))
+        if config.class_balance:
+            cw = class_balance_weights(sampler.class_counts()).to(device)
+        x, t = sampler.sample(config.batch_size)
+        xb = torch.from_numpy(x).to(device, non_blocking=True)
+        tb = torch.from_numpy(t).to(device, non_blocking=True)
+        if device.type != "cpu":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(xb)
+        loss = masked_cross_entropy(logits, tb, class_weights=cw)
+        if config.smoothness > 0:
+            probs = torch.softmax(logits.float(), dim=1)
+            valid = xb[:, -1] > 0.5
+            loss = loss + config.smoothness * edge_aware_smoothness(
+                probs, xb[:, :-1].float(), config.smoothness_sigma, valid
+            )
+        if not torch.isfinite(loss):
+            model.load_state_dict(good)
+            raise TrainingDiverged(
+                f"training diverged at step {state.step} (loss is {loss.item()}); "
+                "the last good weights were kept. Try a lower learning rate."
+            )
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        state.step += 1
+        with torch.no_grad():
+            scored = tb != IGNORE
+            acc = (logits.argmax(1)[scored] == tb[scored]).float().mean().item()
+        lv = loss.item()
+        loss_avg = lv if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * lv
+        acc_avg = acc if math.isnan(acc_avg) else 0.9 * acc_avg + 0.1 * acc
+
+        now = time.perf_counter()
+        if now - last_yield >= config.update_interval or state.step - first_step == 1:
+            if now - last_holdout_t >= config.holdout_interval:
+                holdout_acc = _holdout_accuracy(model, holdout, device)
+                last_holdout_t = time.perf_counter()
+            good = copy.deepcopy(model.state_dict())
+            incoming = yield update(False)
+            message = ""
+            last_yield = time.perf_counter()
+            if incoming is not None and on_scribbles is not None:
+                message = on_scribbles(incoming) or ""
+    holdout_acc = _holdout_accuracy(model, holdout, device)
+    final = update(True)
+    incoming = yield final
+    if incoming is not None and on_scribbles is not None:
+        on_scribbles(incoming)
+    return final

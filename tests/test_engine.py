@@ -1,0 +1,155 @@
+"""Model, tiled inference and training, on small synthetic images."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_frontier.errors import ScribbleError, ShapeMismatchError
+from napari_frontier.inference import predict_probabilities
+from napari_frontier.metrics import score, truth_from_mask
+from napari_frontier.model import ModelConfig, build_model
+from napari_frontier.preprocess import prepare
+from napari_frontier.segmenter import Segmenter
+from napari_frontier.training import TrainConfig
+
+FAST = TrainConfig(seed=0, threads=1, device="cpu", update_interval=0.05)
+
+
+def test_no_void_output_channel_and_valid_output_shape():
+    cfg = ModelConfig(in_channels=3, n_classes=4, width=8, depth=2)
+    net = build_model(cfg).eval()
+    out = net(torch.zeros(2, 4, 32, 32))
+    assert out.shape == (2, 4, 32, 32)  # one channel per painted class, none for void
+
+
+@pytest.mark.parametrize("shape", [(70, 53), (129, 200), (17, 9)])
+def test_tiled_prediction_equals_untiled(shape):
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(in_channels=1, n_classes=2, width=8, depth=2))
+    # train-mode BN statistics would be batch dependent: use eval mode weights
+    x = prepare(np.random.default_rng(0).random(shape).astype(np.float32)).x
+    whole = predict_probabilities(net, x, tile=512)
+    tiled = predict_probabilities(net, x, tile=16, batch_size=3)
+    assert whole.shape == (2, *shape)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+    np.testing.assert_allclose(whole.sum(0), 1.0, atol=1e-5)
+
+
+def test_training_learns_disk_and_never_predicts_void(disk_image):
+    image, scribbles, truth = disk_image
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    last = seg.fit(image, scribbles, steps=60)
+    assert last.done and last.step == 60
+    pred = seg.predict(image)
+    assert set(np.unique(pred.labels)) <= {1, 2}
+    s = score(pred.labels, truth_from_mask(truth))
+    assert s.foreground_iou > 0.8, s
+
+
+def test_training_is_reproducible_on_cpu(disk_image):
+    image, scribbles, _ = disk_image
+    probs = []
+    for _ in range(2):
+        seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+        seg.fit(image, scribbles, steps=5)
+        probs.append(seg.predict(image).probabilities)
+    np.testing.assert_array_equal(probs[0], probs[1])
+
+
+def test_generator_accepts_new_scribbles_and_resumes(disk_image):
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    gen = seg.training(image, scribbles)
+    first = next(gen)
+    more = scribbles.copy()
+    more[60:64, 30:58] = 1
+    upd = gen.send(more)
+    assert upd.message == "scribbles updated"
+    only_is = np.where(scribbles == 1, 1, 0)
+    upd = gen.send(only_is)
+    assert "kept the previous scribbles" in upd.message
+    gen.close()
+    step = seg.step
+    assert step > first.step - 1
+    seg.fit(image, scribbles, steps=3)
+    assert seg.step == step + 3  # continued from the current weights
+
+
+def test_seconds_bound(disk_image):
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    last = seg.fit(image, scribbles, seconds=0.5)
+    assert 0.5 <= last.elapsed < 3.0
+
+
+def test_bad_scribbles_raise_clear_errors(disk_image):
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=FAST)
+    with pytest.raises(ScribbleError, match="is not"):
+        seg.fit(image, np.where(scribbles == 1, 1, 0), steps=1)
+    with pytest.raises(ScribbleError):
+        seg.fit(image, np.zeros_like(scribbles), steps=1)
+    with pytest.raises(ShapeMismatchError):
+        seg.fit(image, scribbles[:-1], steps=1)
+    with pytest.raises(ValueError):
+        seg.fit(image, scribbles)
+
+
+def test_nan_pixels_are_masked_everywhere(disk_image):
+    image, scribbles, truth = disk_image
+    image = image.copy()
+    image[40:56, 40:50] = np.nan  # inside the disk and on a stroke
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=40)
+    pred = seg.predict(image)
+    assert np.all(np.isnan(pred.probabilities[:, 40:56, 40:50]))
+    assert np.all(pred.labels[40:56, 40:50] == 0)
+    assert np.all(pred.mask()[40:56, 40:50] == 127)
+    assert set(np.unique(pred.mask())) <= {0, 127, 255}
+    assert np.all(np.isfinite(pred.probabilities[:, ~np.isnan(image)]))
+    s = score(pred.labels, truth_from_mask(truth), valid=pred.valid)
+    assert s.n_scored == truth.size - 16 * 10
+
+
+def test_nan_only_strokes_of_a_class_are_refused(disk_image):
+    image, scribbles, _ = disk_image
+    image = image.copy()
+    image[scribbles == 1] = np.nan
+    with pytest.raises(ScribbleError, match="valid"):
+        Segmenter(train_config=FAST).fit(image, scribbles, steps=1)
+
+
+def test_rgb_and_k_classes():
+    r = np.random.default_rng(0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :21] = (255, 0, 0)
+    image[:, 21:42] = (0, 255, 0)
+    image[:, 42:] = (0, 0, 255)
+    image = (image + r.integers(0, 30, image.shape)).astype(np.uint8)
+    s = np.zeros((64, 64), np.uint8)
+    s[10:50, 5:8] = 1
+    s[10:50, 30:33] = 2
+    s[10:50, 55:58] = 3
+    seg = Segmenter(n_classes=3, train_config=FAST, model_config=dict(width=8, depth=2))
+    seg.fit(image, s, steps=100)
+    lab = seg.predict(image).labels
+    assert lab.max() <= 3 and lab.min() >= 1
+    truth = np.repeat(np.repeat([[1, 2, 3]], 64, 0), [21, 21, 22], axis=1)
+    assert (lab == truth).mean() > 0.85
+    with pytest.raises(ShapeMismatchError, match="channel"):
+        seg.predict(image[..., 0])
+
+
+def test_uncertainty_and_frontier(disk_image):
+    image, scribbles, truth = disk_image
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=60)
+    pred = seg.predict(image)
+    u = pred.uncertainty
+    assert u.shape == truth.shape and np.nanmin(u) >= 0 and np.nanmax(u) <= 1
+    contours = pred.frontier
+    assert contours, "a disk must have a frontier"
+    longest = max(contours, key=len)
+    radius = np.hypot(longest[:, 0] - 48, longest[:, 1] - 44)
+    assert abs(np.median(radius) - 22) < 4
+    assert pred.frontier_raster.dtype == bool and pred.frontier_raster.any()

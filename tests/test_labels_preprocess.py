@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from napari_frontier.errors import ImageError, ScribbleError, ShapeMismatchError
+from napari_frontier.labels import IGNORE, split_strokes, to_targets, validate_scribbles
+from napari_frontier.preprocess import prepare
+
+
+def test_validate_scribbles_errors():
+    s = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ScribbleError, match="is"):
+        validate_scribbles(s)
+    s[0, 0] = 1
+    with pytest.raises(ScribbleError, match="is not"):
+        validate_scribbles(s)
+    s[1, 1] = 2
+    assert validate_scribbles(s).dtype == np.int64
+    s[2, 2] = 3
+    with pytest.raises(ScribbleError, match="only 0"):
+        validate_scribbles(s)
+    assert validate_scribbles(s, n_classes=3).max() == 3
+    with pytest.raises(ShapeMismatchError):
+        validate_scribbles(s, 3, shape=(5, 4))
+    with pytest.raises(ScribbleError):
+        validate_scribbles(np.full((2, 2), 0.5))
+
+
+def test_targets_ignore_void_and_invalid():
+    s = np.array([[0, 1], [2, 1]])
+    valid = np.array([[True, True], [True, False]])
+    assert to_targets(s, valid).tolist() == [[IGNORE, 0], [1, IGNORE]]
+
+
+def test_split_strokes_keeps_training_pixels_for_every_class(rng):
+    s = np.zeros((40, 40), np.uint8)
+    for i in range(5):
+        s[i * 8, 2:10] = 1
+    s[20:22, 20:30] = 2  # a single stroke: never held out
+    train, hold = split_strokes(s, 2, 0.2, rng)
+    assert (hold == 1).sum() == 8  # one of five strokes
+    assert (train == 1).sum() == 32
+    assert (hold == 2).sum() == 0 and (train == 2).sum() == 20
+    assert np.array_equal(np.where(hold > 0, hold, train), s)
+
+
+def test_prepare_normalises_and_masks_nan():
+    img = np.linspace(0, 1000, 100 * 100, dtype=np.float64).reshape(100, 100)
+    img[0, :10] = np.nan
+    img[1, 0] = np.inf
+    p = prepare(img)
+    assert p.x.shape == (2, 100, 100) and p.x.dtype == np.float32
+    assert not p.valid[0, :10].any() and not p.valid[1, 0]
+    assert np.all(np.isfinite(p.x))
+    assert np.all(p.x[0][~p.valid] == 0) and np.all(p.x[1][~p.valid] == 0)
+    assert np.all(p.x[1][p.valid] == 1)
+    assert -0.1 < np.median(p.x[0][p.valid]) < 1.1
+
+
+def test_prepare_nodata_value_and_dtypes():
+    img = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    img[5, 5] = 9999
+    p = prepare(img, nodata=9999)
+    assert not p.valid[5, 5] and p.valid.sum() == 64 * 64 - 1
+    for dtype in (np.uint8, np.uint32, np.int64, bool, np.float16):
+        q = prepare((img % 2).astype(dtype))
+        assert np.all(np.isfinite(q.x))
+    huge = np.random.default_rng(0).normal(0, 1e30, (32, 32))
+    assert np.all(np.isfinite(prepare(huge).x))
+    assert np.all(prepare(np.full((8, 8), 7.0)).x[0] == 0)
+
+
+def test_prepare_shapes():
+    assert prepare(np.zeros((10, 12, 3), np.uint8)).x.shape == (4, 10, 12)
+    assert prepare(np.zeros((5, 10, 12)), channel_axis=0).x.shape == (6, 10, 12)
+    with pytest.raises(ImageError, match="channel"):
+        prepare(np.zeros((5, 10, 12)))
+    with pytest.raises(ImageError):
+        prepare(np.zeros((0, 10)))
+    with pytest.raises(ImageError, match="no valid"):
+        prepare(np.full((4, 4), np.nan))
+    with pytest.raises(ImageError):
+        prepare(np.zeros((2, 3, 4, 5)))
