@@ -38,6 +38,8 @@ class Mailbox:
         self._items: dict = {}
         self._stop = threading.Event()
         self.final_prediction = True
+        #: Set by the loop when it has finished (in its own thread).
+        self.done = threading.Event()
 
     def post(self, **items) -> None:
         """Leave messages (``scribbles=(version, array)``, ``view=(r0, r1, c0, c1)``)."""
@@ -171,13 +173,19 @@ def live_training(
     driver decides how to show them (a worker would drop ``RuntimeError``).
     """
     try:
+        yield from _loop(seg, image, scribbles, mailbox, predict_interval, version)
+    finally:
+        mailbox.done.set()
+
+
+def _loop(seg, image, scribbles, mailbox, predict_interval, version):
+    try:
         predictor = _Predictor(seg, image)
         gen = seg.training(image, scribbles)
     except Exception as exc:
         yield LoopUpdate(error=exc, final=True)
         return
     view = None
-    last = None
     next_predict = time.perf_counter() + predict_interval
     try:
         upd = next(gen)
@@ -191,19 +199,17 @@ def live_training(
                     version = new_version
             else:
                 upd = next(gen)
-            last = upd
             yield LoopUpdate(train=upd, scribbles_version=version)
             if time.perf_counter() >= next_predict and not mailbox.stopped:
                 overlay = predictor.run(view, upd.step, version)
                 next_predict = time.perf_counter() + max(predict_interval, overlay.seconds)
                 yield LoopUpdate(overlay=overlay, scribbles_version=version)
         gen.close()
+        overlay = None
         if mailbox.final_prediction:
             predictor.full_done = False
             overlay = predictor.run(None, seg.step, version)
-            yield LoopUpdate(train=last, overlay=overlay, scribbles_version=version, final=True)
-        else:
-            yield LoopUpdate(train=last, scribbles_version=version, final=True)
+        yield LoopUpdate(overlay=overlay, scribbles_version=version, final=True)
     except Exception as exc:
         yield LoopUpdate(error=exc, scribbles_version=version, final=True)
     finally:

@@ -1,0 +1,81 @@
+"""Training throughput and inference speed of the engine (CPU or GPU).
+
+Prints the median of several runs, with the ratio against a 1-thread
+baseline measured in the same process.
+
+    python benchmarks/engine.py --threads 1 2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from napari_frontier.inference import predict_probabilities
+from napari_frontier.preprocess import prepare
+from napari_frontier.samples import load_sample
+from napari_frontier.segmenter import Segmenter
+from napari_frontier.training import TrainConfig
+
+
+def steps_per_second(threads: int, seconds: float, device: str) -> float:
+    torch.set_num_threads(threads)
+    s = load_sample("nuclei")
+    seg = Segmenter(train_config=TrainConfig(seed=0, threads=threads, device=device))
+    seg.fit(s["image"], s["scribbles"], steps=3)  # warm-up
+    last = seg.fit(s["image"], s["scribbles"], seconds=seconds)
+    return last.steps_per_second
+
+
+def inference_mp_per_s(threads: int, size: int, device: str, tile: int) -> float:
+    torch.set_num_threads(threads)
+    s = load_sample("nuclei")
+    seg = Segmenter(train_config=TrainConfig(seed=0, device=device))
+    seg.fit(s["image"], s["scribbles"], steps=2)
+    image = np.tile(s["image"], (size // 512 + 1, size // 512 + 1))[:size, :size]
+    x = prepare(image).x
+    predict_probabilities(seg.model, x[:, :256, :256], seg.device, tile=tile)
+    t0 = time.perf_counter()
+    predict_probabilities(seg.model, x, seg.device, tile=tile)
+    if seg.device.type == "cuda":
+        torch.cuda.synchronize()
+    return size * size / 1e6 / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count()])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--size", type=int, default=1024, help="side of the inference test image")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    print(
+        f"# {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, load {os.getloadavg()[0]:.2f}"
+    )
+    base_sps = base_inf = None
+    for t in args.threads:
+        sps = statistics.median(
+            steps_per_second(t, args.seconds, args.device) for _ in range(args.repeats)
+        )
+        inf = statistics.median(
+            inference_mp_per_s(t, args.size, args.device, args.tile) for _ in range(args.repeats)
+        )
+        base_sps = base_sps or sps
+        base_inf = base_inf or inf
+        print(
+            f"threads={t}: training {sps:.1f} steps/s (x{sps / base_sps:.2f}), "
+            f"inference {inf:.2f} MP/s = {1 / inf:.2f} s/MP (x{inf / base_inf:.2f}) on {args.size}x{args.size}"
+        )
+
+
+if __name__ == "__main__":
+    main()

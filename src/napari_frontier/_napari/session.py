@@ -1,0 +1,371 @@
+"""One training session: the worker, the layer events, the overlays.
+
+Threads: the worker owns the :class:`~napari_frontier.segmenter.Segmenter`
+while it runs (training and prediction happen in that one thread). The main
+thread only copies layer data into the worker's :class:`~._loop.Mailbox` and
+assigns what the worker yields to layers. Background jobs that also use the
+model (apply to another image, preview after loading) never run at the same
+time as training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
+from qtpy.QtCore import QTimer
+
+from ..errors import FrontierError
+from ..training import TrainConfig
+from . import layers as L
+from ._loop import LoopUpdate, Mailbox, _Predictor, live_training
+
+log = logging.getLogger(__name__)
+
+#: Wait this long after the last paint event before sending the scribbles.
+DEBOUNCE_MS = 300
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FrontierError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _preview(seg, image):
+    """Worker job: predict a whole image with a model that is not training."""
+    try:
+        return _Predictor(seg, image).run(None, seg.step, 0)
+    except Exception as exc:  # shown by the main thread, never swallowed
+        return exc
+
+
+def _predict_labels(seg, image):
+    """Worker job: class map of ``image``."""
+    try:
+        return seg.predict(image).labels
+    except Exception as exc:
+        return exc
+
+
+class TrainingSession:
+    """Drives live training for one viewer (main thread object, no widgets).
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer whose layers are read and written.
+    train_config
+        Training settings; the GUI default uses one torch thread, which was
+        steadier beside Qt than two on small machines.
+    model_config
+        Overrides for the network (``width``, ``depth``, ...).
+    """
+
+    #: A :class:`~napari_frontier.training.TrainUpdate` arrived.
+    updated = Signal(object)
+    #: An :class:`~._loop.Overlay` was assigned to the layers.
+    overlay_shown = Signal(object)
+    #: Training started (True) or finished (False).
+    state_changed = Signal(bool)
+    #: A background job (apply, preview) started (True) or ended (False).
+    busy_changed = Signal(bool)
+
+    def __init__(self, viewer, train_config=None, model_config=None):
+        self.viewer = viewer
+        self.train_config = train_config or TrainConfig(threads=1)
+        self.model_config = dict(model_config or {})
+        self.segmenter = None
+        self.prediction = None
+        self.image_layer = None
+        self.scribbles_layer = None
+        self.worker = None
+        self.job = None
+        self.mailbox: Mailbox | None = None
+        self.history: list = []
+        self.overlay_count = 0
+        self.scribbles_received = 0
+        self.first_overlay_seconds: float | None = None
+        self.stroke_latencies: list[float] = []
+        self._version = 0
+        self._dirty_since: float | None = None
+        self._posted: dict[int, float] = {}
+        self._started_at = 0.0
+        self._ignore = False
+        self._closed = False
+        self._last_warning = ""
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self._send_scribbles)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    # -- state ------------------------------------------------------------
+    @property
+    def is_training(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def is_busy(self) -> bool:
+        """True while a job other than training uses the model."""
+        return self.job is not None
+
+    def get_segmenter(self):
+        """The segmenter (made on first use)."""
+        if self.segmenter is None:
+            from ..segmenter import Segmenter
+
+            self.segmenter = Segmenter(
+                n_classes=2, train_config=self.train_config, model_config=self.model_config
+            )
+        return self.segmenter
+
+    def _require_idle(self, what: str) -> None:
+        if self.is_training:
+            raise FrontierError(f"stop training before you {what}")
+        if self.is_busy:
+            raise FrontierError(f"wait for the running job to finish before you {what}")
+
+    # -- training -----------------------------------------------------------
+    def start(self, image_layer, scribbles_layer) -> None:
+        """Start training on copies of the two layers' data.
+
+        Raises
+        ------
+        FrontierError
+            For a missing layer, an unsupported image, or a busy model.
+        """
+        if self.is_training:
+            return
+        self._require_idle("train")
+        if image_layer is None or scribbles_layer is None:
+            raise FrontierError("choose an image layer and a scribbles layer first")
+        image = L.image_data(image_layer)
+        scribbles = np.array(scribbles_layer.data, copy=True)
+        self.image_layer, self.scribbles_layer = image_layer, scribbles_layer
+        self.mailbox = Mailbox()
+        self._ignore = False
+        self._last_warning = ""
+        self._posted.clear()
+        self._dirty_since = None
+        self._started_at = time.perf_counter()
+        self.first_overlay_seconds = None
+        worker = create_worker(
+            live_training,
+            self.get_segmenter(),
+            image,
+            scribbles,
+            self.mailbox,
+            version=self._version,
+            _start_thread=False,
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        scribbles_layer.events.paint.connect(self._on_scribbles_changed)
+        scribbles_layer.events.data.connect(self._on_scribbles_changed)
+        worker.start()
+        self.state_changed.emit(True)
+
+    def stop(self) -> None:
+        """Stop training after one last whole-image prediction (returns at once)."""
+        if self.mailbox is not None:
+            self.mailbox.stop(final_prediction=True)
+
+    def abort(self) -> None:
+        """Stop training now; nothing more is shown."""
+        self._ignore = True
+        self._timer.stop()
+        if self.mailbox is not None:
+            self.mailbox.stop(final_prediction=False)
+
+    def _on_scribbles_changed(self, event=None) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = time.perf_counter()
+        self._timer.start()
+
+    def _send_scribbles(self) -> None:
+        if self.mailbox is None or self.scribbles_layer is None or self._ignore:
+            return
+        self._version += 1
+        self._posted[self._version] = self._dirty_since or time.perf_counter()
+        self._dirty_since = None
+        data = np.array(self.scribbles_layer.data, copy=True)
+        self.mailbox.post(scribbles=(self._version, data))
+
+    def _post_view(self) -> None:
+        layer = self.image_layer
+        if self.mailbox is None or layer is None or layer not in self.viewer.layers:
+            return
+        (r0, c0), (r1, c1) = np.asarray(layer.corner_pixels)[:, -2:]
+        self.mailbox.post(view=(int(r0), int(r1) + 1, int(c0), int(c1) + 1))
+
+    def _on_yielded(self, update: LoopUpdate) -> None:
+        if self._ignore or self._closed:
+            return
+        if update.error is not None:
+            log.debug("training failed", exc_info=update.error)
+            show_error(f"napari-frontier: {_describe(update.error)}")
+            return
+        if update.train is not None:
+            self._on_train_update(update.train)
+        if update.overlay is not None:
+            self._show(update.overlay)
+
+    def _on_train_update(self, upd) -> None:
+        self.history.append(upd)
+        if upd.message == "scribbles updated":
+            self.scribbles_received += 1
+        elif upd.message and upd.message != self._last_warning:
+            show_warning(f"napari-frontier: {upd.message}")
+        self._last_warning = upd.message or self._last_warning
+        self._post_view()
+        self.updated.emit(upd)
+
+    def _show(self, overlay) -> None:
+        now = time.perf_counter()
+        if self.first_overlay_seconds is None:
+            self.first_overlay_seconds = now - self._started_at
+        for v in [v for v in self._posted if v <= overlay.scribbles_version]:
+            self.stroke_latencies.append(now - self._posted.pop(v))
+        self.prediction = overlay.prediction
+        if self.image_layer in self.viewer.layers:
+            L.show_overlay(self.viewer, overlay, self.image_layer, self.scribbles_layer)
+        self.overlay_count += 1
+        self.overlay_shown.emit(overlay)
+
+    def _on_finished(self) -> None:
+        self._timer.stop()
+        if self.scribbles_layer is not None:
+            self.scribbles_layer.events.paint.disconnect(self._on_scribbles_changed)
+            self.scribbles_layer.events.data.disconnect(self._on_scribbles_changed)
+        self.worker = None
+        self.mailbox = None
+        if not self._closed:
+            self.state_changed.emit(False)
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if self.is_training and layer in (self.image_layer, self.scribbles_layer):
+            self.abort()
+            if not self._closed:
+                show_info(f'napari-frontier: training stopped because "{layer.name}" was removed')
+
+    # -- model ------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the weights and remove the overlay layers."""
+        self._require_idle("reset the model")
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        self.prediction = None
+        self.history.clear()
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get(L.ROLE_KEY) in L.OVERLAYS:
+                self.viewer.layers.remove(layer)
+
+    def configure(self, train_config=None, model_config=None) -> None:
+        """New settings; the next training starts from fresh weights."""
+        self._require_idle("change settings")
+        if train_config is not None:
+            self.train_config = train_config
+        if model_config is not None:
+            self.model_config = dict(model_config)
+        self.segmenter = None
+
+    def save(self, path) -> None:
+        """Save the model (a checkpoint the CLI reads too)."""
+        self._require_idle("save the model")
+        if self.segmenter is None or self.segmenter.model is None:
+            raise FrontierError("nothing to save yet: train the model first")
+        self.segmenter.save(path)
+
+    def load(self, path, preview_layer=None) -> None:
+        """Load a checkpoint; predict ``preview_layer`` with it in the background."""
+        self._require_idle("load a model")
+        from ..segmenter import Segmenter
+
+        self.segmenter = Segmenter.load(path, device=self.train_config.device)
+        self.prediction = None
+        if preview_layer is not None:
+            self.preview(preview_layer)
+
+    def export_mask(self, path, format: str = "binary"):
+        """Write the current prediction as a mask file; returns the path."""
+        from ..io import write_image
+
+        if self.prediction is None:
+            raise FrontierError("nothing to export yet: train the model (or load one) first")
+        return write_image(path, self.prediction.mask(format))
+
+    # -- background jobs ----------------------------------------------------
+    def _run_job(self, func, args, on_result, desc: str) -> None:
+        self._require_idle(desc)
+        job = create_worker(func, *args, _start_thread=False, _progress={"desc": desc})
+
+        def returned(result):
+            if self._closed:
+                return
+            if isinstance(result, BaseException):
+                show_error(f"napari-frontier: {_describe(result)}")
+            else:
+                on_result(result)
+
+        def finished():
+            self.job = None
+            if not self._closed:
+                self.busy_changed.emit(False)
+
+        job.returned.connect(returned)
+        job.finished.connect(finished)
+        self.job = job
+        job.start()
+        self.busy_changed.emit(True)
+
+    def _trained_segmenter(self):
+        seg = self.segmenter
+        if seg is None or seg.model is None:
+            raise FrontierError("train the model (or load one) first")
+        return seg
+
+    def preview(self, image_layer) -> None:
+        """Predict ``image_layer`` in the background and show the overlays."""
+        seg = self._trained_segmenter()
+        image = L.image_data(image_layer)
+
+        def show(overlay):
+            self.image_layer = image_layer
+            self.prediction = overlay.prediction
+            if image_layer in self.viewer.layers:
+                L.show_overlay(self.viewer, overlay, image_layer, self.scribbles_layer)
+            self.overlay_count += 1
+            self.overlay_shown.emit(overlay)
+
+        self._run_job(_preview, (seg, image), show, "predict the image")
+
+    def apply_to(self, image_layer) -> None:
+        """Predict another image layer in the background; add its mask as a Labels layer."""
+        seg = self._trained_segmenter()
+        image = L.image_data(image_layer)
+        name = f"{image_layer.name} mask"
+
+        def add(labels):
+            if image_layer in self.viewer.layers:
+                L.add_mask_layer(self.viewer, labels, image_layer, name)
+
+        self._run_job(_predict_labels, (seg, image), add, f"apply the model to {image_layer.name}")
+
+    # -- teardown -------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop everything and wait (up to ``timeout`` s) for the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self.abort()
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        mailbox = self.mailbox
+        if mailbox is not None:
+            mailbox.done.wait(timeout)

@@ -1,0 +1,354 @@
+"""The "Scribble trainer" dock widget: layout and wiring only.
+
+Everything that runs training or touches overlay layers lives in
+:mod:`.session` and :mod:`.layers`; this module turns clicks and keys into
+calls and session signals into labels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import FrontierError
+from ..labels import IS, IS_NOT
+from . import layers as L
+from ._pickers import LayerPicker
+from ._plot import CurvePlot
+from ._suggest import suggest_location
+from .session import TrainingSession
+
+KEY_TRAIN, KEY_SWAP, KEY_SUGGEST = "Shift-T", "Shift-X", "Shift-G"
+IDLE_TEXT = 'Paint "is" (label 1) and "is not" (label 2) strokes, then Train.'
+
+
+def _shows_errors(method):
+    """Button handlers: show user errors as notifications instead of raising."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self)
+        except (FrontierError, OSError, KeyError) as exc:
+            show_error(f"napari-frontier: {exc}")
+        return None
+
+    return wrapper
+
+
+def _is_source_image(layer) -> bool:
+    return layer.metadata.get(L.ROLE_KEY) not in L.OVERLAYS
+
+
+def _prefer_scribbles(layers):
+    for layer in reversed(layers):
+        if layer.name == L.SCRIBBLES or layer.metadata.get(L.ROLE_KEY) == L.SCRIBBLES:
+            return layer
+    return layers[-1]
+
+
+class FrontierWidget(QWidget):
+    """Train a segmentation network live from "is" / "is not" scribbles.
+
+    Scripting API: :meth:`start`, :meth:`stop`, :attr:`is_training`,
+    :meth:`export_mask`, :meth:`set_layers`, :meth:`save_model`,
+    :meth:`load_model`, :meth:`apply_to`, :meth:`suggest`; the
+    :class:`~.session.TrainingSession` is ``widget.session``.
+    """
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = TrainingSession(napari_viewer)
+        self._build()
+        self._connect()
+        self._sync()
+
+    # -- layout -------------------------------------------------------------
+    def _button(self, text: str, tip: str, slot) -> QPushButton:
+        b = QPushButton(text)
+        b.setToolTip(tip)
+        b.clicked.connect(slot)  # slots take no arguments (see _shows_errors)
+        return b
+
+    def _build(self) -> None:
+        v = self.viewer
+        self.image_picker = LayerPicker(v, Image, accept=_is_source_image)
+        self.scribbles_picker = LayerPicker(v, Labels, prefer=_prefer_scribbles)
+        self.new_button = self._button(
+            "New scribbles layer",
+            "Add an empty Labels layer the size of the image, ready to paint",
+            self._on_new_scribbles,
+        )
+        form = QFormLayout()
+        form.addRow("Image", self.image_picker)
+        form.addRow("Scribbles", self.scribbles_picker)
+        form.addRow("", self.new_button)
+
+        self.train_button = self._button(
+            "Train", f"Train live from the scribbles ({KEY_TRAIN} toggles)", self._on_train
+        )
+        self.stop_button = self._button(
+            "Stop", f"Stop training ({KEY_TRAIN} toggles)", self._on_stop
+        )
+        self.reset_button = self._button(
+            "Reset model", "Forget what the network learned", self._on_reset
+        )
+        row = QHBoxLayout()
+        for b in (self.train_button, self.stop_button, self.reset_button):
+            row.addWidget(b)
+        self.status = QLabel(IDLE_TEXT)
+        self.status.setWordWrap(True)
+        self.plot = CurvePlot()
+
+        self.format_box = QComboBox()
+        self.format_box.addItems(["binary", "labels"])
+        self.format_box.setToolTip('binary: 255 = "is", 0 = not; labels: 1 = "is", 2 = "is not"')
+        self.export_button = self._button(
+            "Export mask…", "Write the current prediction as .tif/.png/.npy", self._on_export
+        )
+        self.save_button = self._button("Save model…", "Save the network", self._on_save)
+        self.load_button = self._button("Load model…", "Load a saved network", self._on_load)
+        self.apply_picker = LayerPicker(v, Image, accept=_is_source_image)
+        self.apply_button = self._button(
+            "Apply", "Predict this image in the background; adds a mask layer", self._on_apply
+        )
+        self.suggest_button = self._button(
+            "Suggest where to paint",
+            f"Centre the view on the most uncertain unpainted area ({KEY_SUGGEST})",
+            self._on_suggest,
+        )
+        grid = QGridLayout()
+        grid.addWidget(self.format_box, 0, 0)
+        grid.addWidget(self.export_button, 0, 1)
+        grid.addWidget(self.save_button, 1, 0)
+        grid.addWidget(self.load_button, 1, 1)
+        grid.addWidget(QLabel("Apply to"), 2, 0)
+        grid.addWidget(self.apply_picker, 2, 1)
+        grid.addWidget(self.apply_button, 3, 1)
+        results = QGroupBox("Results")
+        results.setLayout(grid)
+
+        hint = QLabel(
+            f"Keys: {KEY_TRAIN} train/stop · {KEY_SWAP} swap is/is not · {KEY_SUGGEST} suggest"
+        )
+        hint.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.suggest_button)
+        layout.addWidget(results)
+        layout.addWidget(hint)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        v, s = self.viewer, self.session
+        for picker in (self.image_picker, self.scribbles_picker, self.apply_picker):
+            v.layers.events.inserted.connect(picker.refresh)
+            v.layers.events.removed.connect(picker.refresh)
+        v.layers.events.inserted.connect(self._on_layer_inserted)
+        for layer in v.layers:
+            layer.events.name.connect(self._refresh_pickers)
+        s.updated.connect(self._on_update)
+        s.state_changed.connect(self._on_state)
+        s.busy_changed.connect(self._sync)
+        v.bind_key(KEY_TRAIN, self._key_toggle, overwrite=True)
+        v.bind_key(KEY_SWAP, self._key_swap, overwrite=True)
+        v.bind_key(KEY_SUGGEST, self._key_suggest, overwrite=True)
+        session = self.session
+        self.destroyed.connect(lambda *_: _teardown(v, session))
+
+    def _on_layer_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_pickers)
+
+    def _refresh_pickers(self, event=None) -> None:
+        for picker in (self.image_picker, self.scribbles_picker, self.apply_picker):
+            picker.refresh()
+
+    def _sync(self, *_) -> None:
+        training, busy = self.session.is_training, self.session.is_busy
+        idle = not training and not busy
+        self.train_button.setEnabled(idle)
+        self.stop_button.setEnabled(training)
+        for w in (
+            self.reset_button,
+            self.save_button,
+            self.load_button,
+            self.apply_button,
+            self.image_picker,
+            self.scribbles_picker,
+            self.new_button,
+        ):
+            w.setEnabled(idle)
+
+    # -- session signals ------------------------------------------------------
+    def _on_update(self, upd) -> None:
+        held = "–" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.1%}"
+        self.status.setText(
+            f"step {upd.step} · loss {upd.loss:.3f} · train acc. {upd.train_accuracy:.1%}"
+            f" · held-out acc. {held} · {upd.steps_per_second:.1f} steps/s"
+        )
+        self.plot.add(upd)
+
+    def _on_state(self, training: bool) -> None:
+        if training:
+            self.status.setText("training: waiting for the first steps…")
+        elif not self.session.history:
+            self.status.setText(IDLE_TEXT)
+        self._sync()
+
+    # -- scripting API --------------------------------------------------------
+    @property
+    def is_training(self) -> bool:
+        """True from :meth:`start` until the worker has finished."""
+        return self.session.is_training
+
+    def set_layers(self, image=None, scribbles=None) -> None:
+        """Choose the image and/or scribbles layer (layer or name)."""
+        if image is not None:
+            self.image_picker.choose(image)
+        if scribbles is not None:
+            self.scribbles_picker.choose(scribbles)
+
+    def start(self) -> None:
+        """Start live training on the chosen layers (raises ``FrontierError``)."""
+        scribbles = self.scribbles_picker.layer()
+        if scribbles is not None and L.ROLE_KEY not in scribbles.metadata:
+            L.style_scribbles(scribbles)
+        self.session.start(self.image_picker.layer(), scribbles)
+        self.plot.clear()
+
+    def stop(self) -> None:
+        """Ask training to stop; :attr:`is_training` turns False when it has."""
+        if self.is_training:
+            self.status.setText("stopping…")
+        self.session.stop()
+
+    def export_mask(self, path, format: str | None = None):
+        """Write the current prediction to ``path`` (binary or labels mask)."""
+        return self.session.export_mask(path, format or self.format_box.currentText())
+
+    def save_model(self, path) -> None:
+        """Save the network to ``path``."""
+        self.session.save(path)
+
+    def load_model(self, path) -> None:
+        """Load a network and predict the chosen image with it (in the background)."""
+        self.session.load(path, preview_layer=self.image_picker.layer())
+        self.plot.clear()
+        self.status.setText(f"loaded {path}")
+
+    def apply_to(self, layer) -> None:
+        """Predict another image layer (layer or name) in the background."""
+        self.apply_picker.choose(layer)
+        self.session.apply_to(self.apply_picker.layer())
+
+    def suggest(self):
+        """Centre the camera on the most uncertain unpainted area; returns (row, col)."""
+        pred, scribbles = self.session.prediction, self.scribbles_picker.layer()
+        if pred is None:
+            raise FrontierError("train first: suggestions come from the prediction")
+        data = None if scribbles is None else scribbles.data
+        if data is not None and data.shape != pred.valid.shape:
+            data = None
+        where = suggest_location(pred.uncertainty, data)
+        if where is None:
+            show_info("napari-frontier: no uncertain unpainted area left")
+            return None
+        layer = self.session.image_layer or self.image_picker.layer()
+        world = layer.data_to_world(where) if layer is not None else where
+        self.viewer.camera.center = tuple(world)[-2:]
+        return where
+
+    # -- buttons and keys -----------------------------------------------------
+    @_shows_errors
+    def _on_new_scribbles(self):
+        image = self.image_picker.layer()
+        if image is None:
+            raise FrontierError("open or choose an image first")
+        layer = L.new_scribbles_layer(self.viewer, image)
+        self.scribbles_picker.choose(layer)
+        self.viewer.layers.selection.active = layer
+
+    @_shows_errors
+    def _on_train(self):
+        self.start()
+
+    @_shows_errors
+    def _on_stop(self):
+        self.stop()
+
+    @_shows_errors
+    def _on_reset(self):
+        self.session.reset()
+        self.plot.clear()
+        self.status.setText("model reset. " + IDLE_TEXT)
+
+    @_shows_errors
+    def _on_export(self):
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export mask", "mask.tif", "TIFF (*.tif *.tiff);;PNG (*.png);;NumPy (*.npy)"
+        )
+        if path:
+            show_info(f"napari-frontier: wrote {self.export_mask(path)}")
+
+    @_shows_errors
+    def _on_save(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", "model.pt", "Model (*.pt)")
+        if path:
+            self.save_model(path)
+            show_info(f"napari-frontier: saved the model to {path}")
+
+    @_shows_errors
+    def _on_load(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt *.pth)")
+        if path:
+            self.load_model(path)
+
+    @_shows_errors
+    def _on_apply(self):
+        self.apply_to(self.apply_picker.currentText())
+
+    @_shows_errors
+    def _on_suggest(self):
+        self.suggest()
+
+    def _key_toggle(self, viewer=None):
+        if self.is_training:
+            self._on_stop()
+        elif self.train_button.isEnabled():
+            self._on_train()
+
+    def _key_swap(self, viewer=None):
+        layer = self.scribbles_picker.layer()
+        if layer is not None:
+            layer.selected_label = IS_NOT if layer.selected_label == IS else IS
+
+    def _key_suggest(self, viewer=None):
+        self._on_suggest()
+
+
+def _teardown(viewer, session) -> None:
+    """Runs when the widget is destroyed: stop the worker, free the keys."""
+    session.close()
+    for key in (KEY_TRAIN, KEY_SWAP, KEY_SUGGEST):
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):
+            pass

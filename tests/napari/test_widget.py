@@ -1,0 +1,208 @@
+"""The dock widget end to end, its timing, and how it fails."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import NotificationSeverity, notification_manager
+
+from napari_frontier.io import read_image
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 30_000  # ms; generous for slow CI machines
+
+
+def _errors_since(n: int) -> list[str]:
+    return [
+        str(r.message)
+        for r in notification_manager.records[n:]
+        if r.severity == NotificationSeverity.ERROR
+    ]
+
+
+def _wait_overlays(qtbot, widget, n: int) -> None:
+    target = widget.session.overlay_count + n
+    qtbot.waitUntil(lambda: widget.session.overlay_count >= target, timeout=TIMEOUT)
+
+
+def _stop(qtbot, widget) -> None:
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+
+
+def test_end_to_end(trainer, qtbot, tmp_path):
+    viewer, widget = trainer
+    scribbles = viewer.layers["scribbles"]
+    assert isinstance(viewer.layers["nuclei"], Image) and isinstance(scribbles, Labels)
+    assert widget.image_picker.layer() is viewer.layers["nuclei"]
+    assert widget.scribbles_picker.layer() is scribbles
+    viewer.layers.selection.active = scribbles
+
+    t0 = time.perf_counter()
+    widget.start()
+    assert widget.is_training and not widget.train_button.isEnabled()
+    _wait_overlays(qtbot, widget, 1)
+    first = time.perf_counter() - t0
+    frontier = viewer.layers["frontier"]
+    first_paths = len(frontier.data)
+    _wait_overlays(qtbot, widget, 1)
+    print(f"\nTrain -> first overlay: {first:.2f} s")
+
+    prediction, uncertainty = viewer.layers["prediction"], viewer.layers["uncertainty"]
+    assert isinstance(prediction, Image) and isinstance(frontier, Shapes)
+    assert prediction.data.shape == scribbles.data.shape
+    assert not uncertainty.visible and prediction.visible
+    assert len(frontier.data) > 0 and first_paths > 0
+    assert set(frontier.shape_type) == {"path"}
+    np.testing.assert_allclose(frontier.edge_color[0], [1.0, 0.95, 0.0, 1.0], atol=0.01)
+    # Overlays sit below the strokes and painting stays on the scribbles layer.
+    assert viewer.layers.index(prediction) < viewer.layers.index(scribbles)
+    assert viewer.layers.selection.active is scribbles
+
+    # A new "is not" stroke, painted the way napari's brush does it.
+    received = widget.session.scribbles_received
+    scribbles.brush_size = 6
+    for x in range(20, 60, 2):
+        scribbles.paint((500, x), 2, refresh=False)
+    scribbles.refresh()
+    qtbot.waitUntil(lambda: widget.session.scribbles_received > received, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.session.stroke_latencies, timeout=TIMEOUT)
+    print(f"new stroke -> overlay reflecting it: {widget.session.stroke_latencies[0]:.2f} s")
+
+    _stop(qtbot, widget)
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    steps = widget.session.history[-1].step
+    assert steps > 0
+
+    # Export: the mask of the current prediction, read back.
+    mask_path = widget.export_mask(tmp_path / "mask.tif", "binary")
+    mask = read_image(mask_path)
+    np.testing.assert_array_equal(mask, widget.session.prediction.mask("binary"))
+    assert set(np.unique(mask)) <= {0, 127, 255} and (mask == 255).any()
+    labels = read_image(widget.export_mask(tmp_path / "labels.png", "labels"))
+    assert set(np.unique(labels)) <= {0, 1, 2}
+
+    # Save, reset, load: the same prediction comes back.
+    before = widget.session.prediction.probabilities.copy()
+    widget.save_model(tmp_path / "model.pt")
+    widget.session.reset()
+    assert "prediction" not in viewer.layers
+    widget.load_model(tmp_path / "model.pt")
+    qtbot.waitUntil(lambda: widget.session.prediction is not None, timeout=TIMEOUT)
+    np.testing.assert_allclose(widget.session.prediction.probabilities, before, atol=1e-5)
+    qtbot.waitUntil(lambda: not widget.session.is_busy, timeout=TIMEOUT)
+    assert "prediction" in viewer.layers
+
+    # Apply to another image layer: a mask layer appears.
+    viewer.add_image(viewer.layers["nuclei"].data[:200, :300], name="other")
+    widget.apply_to("other")
+    qtbot.waitUntil(lambda: "other mask" in viewer.layers, timeout=TIMEOUT)
+    assert viewer.layers["other mask"].data.shape == (200, 300)
+    qtbot.waitUntil(lambda: not widget.session.is_busy, timeout=TIMEOUT)
+
+    # Suggest where to paint: the camera moves to an unpainted uncertain spot.
+    where = widget.suggest()
+    assert where is not None
+    assert scribbles.data[where] == 0
+    np.testing.assert_allclose(viewer.camera.center[-2:], where, atol=1)
+
+
+def test_event_loop_stays_responsive(trainer, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = trainer
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    widget.start()
+    timer.start()
+    _wait_overlays(qtbot, widget, 3)
+    timer.stop()
+    _stop(qtbot, widget)
+    worst = max(gaps)
+    print(f"\nlongest event-loop stall while training: {worst * 1000:.0f} ms over {len(gaps)} ticks")
+    assert worst < 1.0
+
+
+def test_missing_is_not_stroke_shows_error_and_recovers(trainer, qtbot):
+    viewer, widget = trainer
+    scribbles = viewer.layers["scribbles"]
+    scribbles.data = np.where(scribbles.data == 2, 0, scribbles.data).astype(scribbles.data.dtype)
+    n = len(notification_manager.records)
+    widget._on_train()
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+    errors = _errors_since(n)
+    assert errors and "is not" in errors[-1]
+    assert widget.train_button.isEnabled()
+    # Painting the missing class makes training possible again.
+    scribbles.paint((500, 30), 2)
+    widget.start()
+    _wait_overlays(qtbot, widget, 1)
+    _stop(qtbot, widget)
+
+
+def test_removing_image_layer_stops_training(trainer, qtbot):
+    viewer, widget = trainer
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session.history, timeout=TIMEOUT)
+    viewer.layers.remove("nuclei")
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+    assert widget.train_button.isEnabled()
+    assert widget.session.mailbox is None
+
+
+def test_closing_viewer_stops_training(trainer, qtbot):
+    viewer, widget = trainer
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session.history, timeout=TIMEOUT)
+    mailbox = widget.session.mailbox
+    viewer.close()
+    assert mailbox.done.wait(10)
+
+
+def test_unsupported_image_gives_clear_message(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 32, 32), np.float32), name="stack")
+    viewer.add_labels(np.zeros((4, 32, 32), np.uint8), name="scribbles")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
+    n = len(notification_manager.records)
+    widget._on_train()
+    assert not widget.is_training
+    errors = _errors_since(n)
+    assert errors and "2D grey or RGB" in errors[-1]
+
+
+def test_rgb_image_and_new_scribbles_layer(make_napari_viewer, qtbot, disk_image):
+    from napari_frontier._napari.widget import KEY_SWAP, KEY_TRAIN
+
+    image, scribbles, _ = disk_image
+    viewer = make_napari_viewer()
+    rgb = np.stack([image, image * 0.5, 255 - image], axis=-1).clip(0, 255).astype(np.uint8)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
+    widget.session.configure(model_config=dict(width=8, depth=1))
+    widget._on_new_scribbles()
+    layer = widget.scribbles_picker.layer()
+    assert layer.data.shape == (96, 96) and layer.mode == "paint" and layer.selected_label == 1
+    assert viewer.layers.selection.active is layer
+    assert KEY_TRAIN in viewer.keymap and KEY_SWAP in viewer.keymap
+    widget._key_swap()
+    assert layer.selected_label == 2
+    layer.data = scribbles
+    widget._key_toggle()
+    assert widget.is_training
+    _wait_overlays(qtbot, widget, 1)
+    assert viewer.layers["prediction"].data.shape == (96, 96)
+    widget._key_toggle()
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
