@@ -77,8 +77,8 @@ class FilterBank(nn.Module):
         self.channels = channels
         self.sigmas = tuple(sigmas)
         for i, s in enumerate(self.sigmas):
-            g, d1, d2 = _gaussian_kernels(s)
-            self.register_buffer(f"k{i}", torch.stack([g, d1, d2]), persistent=False)
+            g, _, _ = _gaussian_kernels(s)
+            self.register_buffer(f"k{i}", g[None], persistent=False)
 
     @property
     def out_channels(self) -> int:
@@ -92,24 +92,26 @@ class FilterBank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
+        h, w = x.shape[-2:]
         for i, s in enumerate(self.sigmas):
-            k = getattr(self, f"k{i}").to(x.dtype)
-            g, d1, d2 = k[0], k[1], k[2]
-            r = g.numel() // 2
-            h, w = x.shape[-2:]
+            g = getattr(self, f"k{i}")[0].to(x.dtype)
+            r = g.numel() // 2 + 1
             mode = "reflect" if r < h and r < w else "replicate"
-            xp = F.pad(x, (r, r, r, r), mode=mode)
-            smooth = self._sep(xp, g, g)
-            gy = self._sep(xp, d1, g)
-            gx = self._sep(xp, g, d1)
-            hyy = self._sep(xp, d2, g)
-            hxx = self._sep(xp, g, d2)
-            hxy = self._sep(xp, d1, d1)
+            # One separable Gaussian per scale (with a 1-pixel margin); the
+            # derivatives are finite differences of the smoothed image, which
+            # is ~6x cheaper than six separable derivative-of-Gaussian passes.
+            sm = self._sep(F.pad(x, (r, r, r, r), mode=mode), g, g)
+            c = sm[..., 1:-1, 1:-1]
+            up, down = sm[..., :-2, 1:-1], sm[..., 2:, 1:-1]
+            left, right = sm[..., 1:-1, :-2], sm[..., 1:-1, 2:]
+            gy, gx = (down - up) * 0.5, (right - left) * 0.5
+            hyy, hxx = down - 2 * c + up, right - 2 * c + left
+            hxy = (sm[..., 2:, 2:] - sm[..., 2:, :-2] - sm[..., :-2, 2:] + sm[..., :-2, :-2]) * 0.25
             # Scale-normalised derivatives so every scale has a similar range.
             gm = torch.sqrt(gx * gx + gy * gy + 1e-12) * s
             tr = (hxx + hyy) * s * s
             disc = torch.sqrt(((hxx - hyy) * s * s) ** 2 + 4 * (hxy * s * s) ** 2 + 1e-12)
-            feats += [smooth, gm, tr, 0.5 * (tr + disc), 0.5 * (tr - disc)]
+            feats += [c, gm, tr, 0.5 * (tr + disc), 0.5 * (tr - disc)]
         return torch.cat(feats, dim=1)
 
 
