@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_frontier.training import TrainConfig  # noqa: E402
+from napari_frontier.training import TrainConfig
 
 #: Small and fast: trainings in these tests last a few seconds on 2 cores.
 SMALL_MODEL = dict(width=8, depth=1)
@@ -18,10 +18,10 @@ TEST_TRAIN = TrainConfig(threads=1, seed=0, update_interval=0.2)
 def _no_leaked_workers(qtbot):
     """After each test: stop and wait for every napari/superqt worker."""
     yield
-    from napari.qt.threading import wait_for_workers_to_quit
+    from napari.qt.threading import WorkerBase
     from qtpy.QtCore import QThreadPool
 
-    wait_for_workers_to_quit(10_000)
+    WorkerBase.await_workers(10_000)
     assert QThreadPool.globalInstance().waitForDone(10_000), "a worker thread is still running"
 
 
@@ -32,4 +32,9 @@ def trainer(make_napari_viewer):
     viewer.open_sample("napari-frontier", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
     widget.session.configure(train_config=TEST_TRAIN, model_config=SMALL_MODEL)
+    # As for a user who paints before pressing Train: the once-per-process
+    # torch warm-up has finished (keeps the printed timings meaningful).
+    from napari_frontier._napari._loop import warmed_up
+
+    assert warmed_up.wait(60)
     return viewer, widget

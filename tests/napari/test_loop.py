@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Only numpy/torch modules of the plugin package: importable without a display.
+from napari_frontier._napari._loop import Mailbox, _Predictor, live_training
+from napari_frontier._napari._suggest import suggest_location
 from napari_frontier.errors import ScribbleError
 from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig
-
-# Only numpy/torch modules of the plugin package: importable without a display.
-from napari_frontier._napari._loop import Mailbox, _Predictor, live_training  # noqa: E402
-from napari_frontier._napari._suggest import suggest_location  # noqa: E402
 
 SMALL = dict(width=8, depth=1)
 

@@ -23,6 +23,9 @@ from ..training import TrainUpdate
 #: Predict the visible region instead of the whole image when it covers less
 #: than this fraction of the image.
 REGION_FRACTION = 0.6
+#: Contours with fewer vertices (specks of a pixel or two) are not drawn: a
+#: Shapes layer costs the main thread time for every shape.
+MIN_CONTOUR_VERTICES = 10
 
 
 class Mailbox:
@@ -40,6 +43,10 @@ class Mailbox:
         self.final_prediction = True
         #: Set by the loop when it has finished (in its own thread).
         self.done = threading.Event()
+        #: Set while the loop runs code; clear while it waits at a ``yield``.
+        #: A worker that is quit (napari cancels its tasks when the window
+        #: closes) leaves the loop waiting at a yield for good.
+        self.running = threading.Event()
 
     def post(self, **items) -> None:
         """Leave messages (``scribbles=(version, array)``, ``view=(r0, r1, c0, c1)``)."""
@@ -60,6 +67,15 @@ class Mailbox:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the loop has finished or waits at a ``yield``; False on timeout."""
+        deadline = time.perf_counter() + timeout
+        while self.running.is_set() and not self.done.is_set():
+            if time.perf_counter() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,62 @@ def _region(view, shape, halo: int) -> tuple[tuple[int, int, int, int], tuple[sl
     return (r0, r1, c0, c1), grown
 
 
+def simplify_contours(contours) -> list[np.ndarray]:
+    """Drop specks (contours of fewer than ``MIN_CONTOUR_VERTICES`` vertices)."""
+    return [c.astype(np.float32) for c in contours if len(c) >= MIN_CONTOUR_VERTICES]
+
+
+_warm = threading.Event()
+#: Set when :func:`warm_up` has finished (successfully or not).
+warmed_up = threading.Event()
+
+
+def start_warm_up(model_config: dict | None = None) -> None:
+    """Run :func:`warm_up` in a background thread (once per process)."""
+    if not _warm.is_set():
+        threading.Thread(
+            target=warm_up, args=(model_config,), name="napari-frontier warm-up", daemon=True
+        ).start()
+
+
+def warm_up(model_config: dict | None = None) -> None:
+    """Run two tiny training steps and one whole-tile prediction, once per process.
+
+    Torch's first training step and first large prediction in a process cost
+    a second or more each (kernel selection, allocator set-up); paying that
+    while the user is still painting brings the first overlay after "Train"
+    that much sooner. Uses its own throw-away model, so it can run beside
+    anything else.
+    """
+    if _warm.is_set():
+        return
+    _warm.set()
+    try:
+        _warm_up(model_config)
+    except Exception:  # only an optimisation: never disturb the user
+        pass
+    finally:
+        warmed_up.set()
+
+
+def _warm_up(model_config):
+    import scipy.ndimage  # noqa: F401 (first imports cost a second in the worker)
+    import skimage.measure
+    import skimage.segmentation  # noqa: F401
+
+    from ..segmenter import Segmenter
+    from ..training import TrainConfig
+
+    rng = np.random.default_rng(0)
+    image = rng.random((48, 48)).astype(np.float32)
+    scribbles = np.zeros((48, 48), np.uint8)
+    scribbles[4:12, 4:12], scribbles[30:40, 30:40] = 1, 2
+    seg = Segmenter(train_config=TrainConfig(threads=1), model_config=model_config)
+    seg.fit(image, scribbles, steps=2)
+    big = rng.random((512, 512)).astype(np.float32)  # one full tile, as images get
+    _ = seg.predict(big).frontier
+
+
 class _Predictor:
     """Keeps the latest probabilities of the whole image and refreshes parts of it."""
 
@@ -136,7 +208,7 @@ class _Predictor:
         return Overlay(
             prediction=pred,
             uncertainty=pred.uncertainty,
-            contours=pred.frontier,
+            contours=simplify_contours(pred.frontier),
             step=step,
             region=region,
             scribbles_version=version,
@@ -172,9 +244,14 @@ def live_training(
     Errors are yielded as ``LoopUpdate(error=...)`` instead of raised, so the
     driver decides how to show them (a worker would drop ``RuntimeError``).
     """
+    mailbox.running.set()
     try:
-        yield from _loop(seg, image, scribbles, mailbox, predict_interval, version)
+        for update in _loop(seg, image, scribbles, mailbox, predict_interval, version):
+            mailbox.running.clear()
+            yield update
+            mailbox.running.set()
     finally:
+        mailbox.running.clear()
         mailbox.done.set()
 
 
@@ -214,3 +291,23 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
         yield LoopUpdate(error=exc, scribbles_version=version, final=True)
     finally:
         gen.close()
+
+
+def predict_overlay(seg, image):
+    """Worker job: overlays of a whole image, for a model that is not training.
+
+    Returns the :class:`Overlay`, or the exception (a worker would drop a
+    ``RuntimeError``; the caller shows it).
+    """
+    try:
+        return _Predictor(seg, image).run(None, seg.step, 0)
+    except Exception as exc:
+        return exc
+
+
+def predict_labels(seg, image):
+    """Worker job: class map (uint8, 1..K) of ``image``, or the exception."""
+    try:
+        return seg.predict(image).labels
+    except Exception as exc:
+        return exc

@@ -23,7 +23,9 @@ class LayerPicker(QComboBox):
         the one to choose.
     """
 
-    def __init__(self, viewer, kind: type, accept: Callable | None = None, prefer=None, parent=None):
+    def __init__(
+        self, viewer, kind: type, accept: Callable | None = None, prefer=None, parent=None
+    ):
         super().__init__(parent)
         self.viewer = viewer
         self.kind = kind

@@ -36,7 +36,7 @@ class CurvePlot(QWidget):
         del self.points[:-MAX_POINTS]
         self.update()
 
-    def paintEvent(self, event):  # noqa: N802 (Qt name)
+    def paintEvent(self, event):
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         rect = self.rect().adjusted(4, 16, -4, -4)

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from ..labels import IS, IS_NOT, VOID
 from ..samples import load_sample
-
-_COLORS = {
-    None: (0.6, 0.6, 0.6, 1.0),
-    VOID: (0.0, 0.0, 0.0, 0.0),
-    IS: (1.0, 0.25, 0.85, 1.0),
-    IS_NOT: (0.1, 0.8, 1.0, 1.0),
-}
+from .layers import ROLE_KEY, SCRIBBLES, scribble_colormap
 
 
 def _layers(name: str) -> list[tuple]:
@@ -19,10 +13,10 @@ def _layers(name: str) -> list[tuple]:
     scribbles = (
         sample["scribbles"],
         {
-            "name": "scribbles",
-            "colormap": dict(_COLORS),
+            "name": SCRIBBLES,
+            "colormap": scribble_colormap(),
             "features": {"index": [VOID, IS, IS_NOT], "class": ["void", "is", "is not"]},
-            "metadata": {"napari-frontier": "scribbles"},
+            "metadata": {ROLE_KEY: SCRIBBLES},
             "opacity": 0.9,
         },
         "labels",

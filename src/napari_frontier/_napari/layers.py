@@ -19,14 +19,17 @@ ROLE_KEY = "napari-frontier"
 PREDICTION, FRONTIER, UNCERTAINTY, SCRIBBLES = "prediction", "frontier", "uncertainty", "scribbles"
 OVERLAYS = (PREDICTION, FRONTIER, UNCERTAINTY)
 
-IS_COLOR = (1.0, 0.25, 0.85, 1.0)  # magenta
-IS_NOT_COLOR = (0.1, 0.8, 1.0, 1.0)  # cyan
-FRONTIER_COLOR = (1.0, 0.95, 0.0, 1.0)  # yellow
+IS_COLOR = (0.3, 1.0, 0.2, 1.0)  # green strokes
+IS_NOT_COLOR = (0.15, 0.55, 1.0, 1.0)  # blue strokes
+#: Tint of predicted "is" areas: a different hue from the strokes, so strokes
+#: painted inside a predicted object stay visible.
+PREDICTION_COLOR = (1.0, 0.25, 0.85)  # magenta
+FRONTIER_COLOR = "yellow"
 FRONTIER_WIDTH = 1.0  # in image pixels
 
 
 def scribble_colormap() -> DirectLabelColormap:
-    """Void transparent, "is" magenta, "is not" cyan, anything else grey."""
+    """Void transparent, "is" green, "is not" blue, anything else grey."""
     return DirectLabelColormap(
         color_dict={
             None: (0.6, 0.6, 0.6, 1.0),
@@ -37,11 +40,23 @@ def scribble_colormap() -> DirectLabelColormap:
     )
 
 
+def mask_colormap() -> DirectLabelColormap:
+    """A predicted class map: "is" in its colour, "is not" faintly, no-data clear."""
+    return DirectLabelColormap(
+        color_dict={
+            None: (0.6, 0.6, 0.6, 1.0),
+            VOID: (0.0, 0.0, 0.0, 0.0),
+            IS: (*PREDICTION_COLOR, 1.0),
+            IS_NOT: (*IS_NOT_COLOR[:3], 0.15),
+        }
+    )
+
+
 def prediction_colormap() -> Colormap:
     """Transparent where P("is") is 0, the "is" colour where it is 1."""
-    r, g, b, _ = IS_COLOR
+    r, g, b = PREDICTION_COLOR
     return Colormap(
-        colors=[[r, g, b, 0.0], [r, g, b, 0.15], [r, g, b, 0.85]],
+        colors=[[r, g, b, 0.0], [r, g, b, 0.1], [r, g, b, 0.6]],
         controls=[0.0, 0.5, 1.0],
         name="frontier P(is)",
     )
@@ -119,13 +134,9 @@ def _place_below(viewer, layer, anchor) -> None:
         viewer.layers.move(src, dst)
 
 
-def _ensure_image(viewer, role, data, image_layer, anchor, **kwargs) -> Image:
-    layer = find_layer(viewer, role, Image)
-    if layer is not None:
-        layer.data = data
-        return layer
-    layer = viewer.add_image(
-        data,
+def _add_image(viewer, role, shape, image_layer, **kwargs) -> Image:
+    return viewer.add_image(
+        np.zeros(shape, np.float32),
         name=role,
         contrast_limits=(0.0, 1.0),
         scale=image_layer.scale[-2:],
@@ -133,13 +144,29 @@ def _ensure_image(viewer, role, data, image_layer, anchor, **kwargs) -> Image:
         metadata={ROLE_KEY: role},
         **kwargs,
     )
-    _place_below(viewer, layer, anchor)
-    return layer
 
 
-def _ensure_frontier(viewer, contours, image_layer, anchor) -> Shapes:
-    layer = find_layer(viewer, FRONTIER, Shapes)
-    if layer is None:
+def ensure_overlays(viewer, image_layer, scribbles_layer=None) -> list:
+    """Find or create the three overlay layers (empty); returns the ones created.
+
+    Creating layers is the slowest thing the main thread does for the plugin,
+    so it happens once, before training starts, not while a worker competes
+    for the interpreter.
+    """
+    shape = spatial_shape(image_layer)
+    selection = viewer.layers.selection
+    active, selected = selection.active, set(selection)
+    created = []
+    if find_layer(viewer, PREDICTION, Image) is None:
+        cmap = prediction_colormap()
+        layer = _add_image(viewer, PREDICTION, shape, image_layer, colormap=cmap)
+        created.append(layer)
+    if find_layer(viewer, UNCERTAINTY, Image) is None:
+        layer = _add_image(
+            viewer, UNCERTAINTY, shape, image_layer, colormap="inferno", opacity=0.6, visible=False
+        )
+        created.append(layer)
+    if find_layer(viewer, FRONTIER, Shapes) is None:
         layer = viewer.add_shapes(
             name=FRONTIER,
             ndim=2,
@@ -150,49 +177,36 @@ def _ensure_frontier(viewer, contours, image_layer, anchor) -> Shapes:
             face_color="transparent",
             metadata={ROLE_KEY: FRONTIER},
         )
-        _place_below(viewer, layer, anchor)
-    layer.selected_data = set()
-    layer.current_edge_color = FRONTIER_COLOR
-    layer.current_edge_width = FRONTIER_WIDTH
-    layer.data = []
-    if contours:
-        layer.add_paths(list(contours), edge_color=FRONTIER_COLOR, edge_width=FRONTIER_WIDTH)
-    return layer
-
-
-def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
-    """Assign an :class:`~._loop.Overlay` to the overlay layers (creating them once).
-
-    The active layer stays what it was, so painting continues undisturbed.
-    """
-    selection = viewer.layers.selection
-    active, selected = selection.active, set(selection)
-    created = find_layer(viewer, PREDICTION, Image) is None
-    _ensure_image(
-        viewer,
-        PREDICTION,
-        overlay.p_is,
-        image_layer,
-        scribbles_layer,
-        colormap=prediction_colormap(),
-        blending="translucent",
-    )
-    _ensure_image(
-        viewer,
-        UNCERTAINTY,
-        overlay.uncertainty,
-        image_layer,
-        scribbles_layer,
-        colormap="inferno",
-        opacity=0.6,
-        visible=False,
-    )
-    _ensure_frontier(viewer, overlay.contours, image_layer, scribbles_layer)
-    if created or selection.active is not active:
+        created.append(layer)
+    for layer in created:
+        _place_below(viewer, layer, scribbles_layer)
+    if created:
         selection.clear()
         selection.update(s for s in selected if s in viewer.layers)
         if active in viewer.layers:
             selection.active = active
+    return created
+
+
+def _set_frontier(layer: Shapes, contours) -> None:
+    layer.selected_data = set()
+    layer.current_edge_color = FRONTIER_COLOR
+    layer.current_edge_width = FRONTIER_WIDTH
+    layer.current_face_color = "transparent"
+    layer.data = []
+    if contours:
+        layer.add_paths(list(contours), edge_color=FRONTIER_COLOR, edge_width=FRONTIER_WIDTH)
+
+
+def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
+    """Assign an :class:`~._loop.Overlay` to the overlay layers (made if missing).
+
+    The active layer stays what it was, so painting continues undisturbed.
+    """
+    ensure_overlays(viewer, image_layer, scribbles_layer)
+    find_layer(viewer, PREDICTION, Image).data = overlay.p_is
+    find_layer(viewer, UNCERTAINTY, Image).data = overlay.uncertainty
+    _set_frontier(find_layer(viewer, FRONTIER, Shapes), overlay.contours)
 
 
 def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels:
@@ -201,12 +215,11 @@ def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels
     if existing is not None:
         existing.data = labels
         return existing
-    layer = viewer.add_labels(
+    return viewer.add_labels(
         labels,
         name=name,
         scale=image_layer.scale[-2:],
         translate=image_layer.translate[-2:],
-        opacity=0.5,
+        opacity=0.6,
+        colormap=mask_colormap(),
     )
-    layer.colormap = scribble_colormap()
-    return layer

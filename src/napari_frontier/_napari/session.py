@@ -10,6 +10,7 @@ time as training.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -22,7 +23,14 @@ from qtpy.QtCore import QTimer
 from ..errors import FrontierError
 from ..training import TrainConfig
 from . import layers as L
-from ._loop import LoopUpdate, Mailbox, _Predictor, live_training
+from ._loop import (
+    LoopUpdate,
+    Mailbox,
+    live_training,
+    predict_labels,
+    predict_overlay,
+    start_warm_up,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +42,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, FrontierError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def _preview(seg, image):
-    """Worker job: predict a whole image with a model that is not training."""
-    try:
-        return _Predictor(seg, image).run(None, seg.step, 0)
-    except Exception as exc:  # shown by the main thread, never swallowed
-        return exc
-
-
-def _predict_labels(seg, image):
-    """Worker job: class map of ``image``."""
-    try:
-        return seg.predict(image).labels
-    except Exception as exc:
-        return exc
 
 
 class TrainingSession:
@@ -93,8 +85,11 @@ class TrainingSession:
         self.stroke_latencies: list[float] = []
         self._version = 0
         self._dirty_since: float | None = None
+        self._last_sent = None
         self._posted: dict[int, float] = {}
         self._started_at = 0.0
+        self._placeholders: list = []
+        self._overlays_at_start = 0
         self._ignore = False
         self._closed = False
         self._last_warning = ""
@@ -103,6 +98,7 @@ class TrainingSession:
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._send_scribbles)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        start_warm_up(self.model_config)
 
     # -- state ------------------------------------------------------------
     @property
@@ -152,8 +148,10 @@ class TrainingSession:
         self._last_warning = ""
         self._posted.clear()
         self._dirty_since = None
+        self._placeholders = L.ensure_overlays(self.viewer, image_layer, scribbles_layer)
         self._started_at = time.perf_counter()
         self.first_overlay_seconds = None
+        self._overlays_at_start = self.overlay_count
         worker = create_worker(
             live_training,
             self.get_segmenter(),
@@ -166,8 +164,9 @@ class TrainingSession:
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        scribbles_layer.events.paint.connect(self._on_scribbles_changed)
-        scribbles_layer.events.data.connect(self._on_scribbles_changed)
+        self._last_sent = scribbles
+        for emitter in self._scribble_events(scribbles_layer):
+            emitter.connect(self._on_scribbles_changed)
         worker.start()
         self.state_changed.emit(True)
 
@@ -183,6 +182,12 @@ class TrainingSession:
         if self.mailbox is not None:
             self.mailbox.stop(final_prediction=False)
 
+    @staticmethod
+    def _scribble_events(layer):
+        # paint: a finished brush stroke or fill; data: new array; set_data:
+        # a refresh, which is all that undo / redo emit.
+        return (layer.events.paint, layer.events.data, layer.events.set_data)
+
     def _on_scribbles_changed(self, event=None) -> None:
         if self._dirty_since is None:
             self._dirty_since = time.perf_counter()
@@ -191,10 +196,13 @@ class TrainingSession:
     def _send_scribbles(self) -> None:
         if self.mailbox is None or self.scribbles_layer is None or self._ignore:
             return
-        self._version += 1
-        self._posted[self._version] = self._dirty_since or time.perf_counter()
-        self._dirty_since = None
         data = np.array(self.scribbles_layer.data, copy=True)
+        dirty_since, self._dirty_since = self._dirty_since, None
+        if self._last_sent is not None and np.array_equal(data, self._last_sent):
+            return
+        self._last_sent = data
+        self._version += 1
+        self._posted[self._version] = dirty_since or time.perf_counter()
         self.mailbox.post(scribbles=(self._version, data))
 
     def _post_view(self) -> None:
@@ -240,9 +248,16 @@ class TrainingSession:
 
     def _on_finished(self) -> None:
         self._timer.stop()
+        if self.overlay_count == self._overlays_at_start and not self._closed:
+            # Nothing was shown (e.g. the scribbles were refused): no empty layers left.
+            for layer in self._placeholders:
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        self._placeholders = []
         if self.scribbles_layer is not None:
-            self.scribbles_layer.events.paint.disconnect(self._on_scribbles_changed)
-            self.scribbles_layer.events.data.disconnect(self._on_scribbles_changed)
+            for emitter in self._scribble_events(self.scribbles_layer):
+                emitter.disconnect(self._on_scribbles_changed)
+        self._last_sent = None
         self.worker = None
         self.mailbox = None
         if not self._closed:
@@ -250,7 +265,11 @@ class TrainingSession:
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
-        if self.is_training and layer in (self.image_layer, self.scribbles_layer):
+        if (
+            self.is_training
+            and not self._ignore
+            and layer in (self.image_layer, self.scribbles_layer)
+        ):
             self.abort()
             if not self._closed:
                 show_info(f'napari-frontier: training stopped because "{layer.name}" was removed')
@@ -288,7 +307,10 @@ class TrainingSession:
         self._require_idle("load a model")
         from ..segmenter import Segmenter
 
-        self.segmenter = Segmenter.load(path, device=self.train_config.device)
+        seg = Segmenter.load(path, device=self.train_config.device)
+        # Keep this session's thread count (the checkpoint has the trainer's).
+        seg.train_config = dataclasses.replace(seg.train_config, threads=self.train_config.threads)
+        self.segmenter = seg
         self.prediction = None
         if preview_layer is not None:
             self.preview(preview_layer)
@@ -344,7 +366,7 @@ class TrainingSession:
             self.overlay_count += 1
             self.overlay_shown.emit(overlay)
 
-        self._run_job(_preview, (seg, image), show, "predict the image")
+        self._run_job(predict_overlay, (seg, image), show, "predict the image")
 
     def apply_to(self, image_layer) -> None:
         """Predict another image layer in the background; add its mask as a Labels layer."""
@@ -356,7 +378,7 @@ class TrainingSession:
             if image_layer in self.viewer.layers:
                 L.add_mask_layer(self.viewer, labels, image_layer, name)
 
-        self._run_job(_predict_labels, (seg, image), add, f"apply the model to {image_layer.name}")
+        self._run_job(predict_labels, (seg, image), add, f"apply the model to {image_layer.name}")
 
     # -- teardown -------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
@@ -366,6 +388,5 @@ class TrainingSession:
         self._closed = True
         self.abort()
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
-        mailbox = self.mailbox
-        if mailbox is not None:
-            mailbox.done.wait(timeout)
+        if self.mailbox is not None:
+            self.mailbox.wait_idle(timeout)

@@ -7,6 +7,7 @@ calls and session signals into labels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from napari.layers import Image, Labels
@@ -89,6 +90,9 @@ class FrontierWidget(QWidget):
         v = self.viewer
         self.image_picker = LayerPicker(v, Image, accept=_is_source_image)
         self.scribbles_picker = LayerPicker(v, Labels, prefer=_prefer_scribbles)
+        self.scribbles_picker.setToolTip(
+            f'Labels layer to paint on: 1 = "is", 2 = "is not" ({KEY_SWAP} swaps the brush)'
+        )
         self.new_button = self._button(
             "New scribbles layer",
             "Add an empty Labels layer the size of the image, ready to paint",
@@ -117,7 +121,9 @@ class FrontierWidget(QWidget):
 
         self.format_box = QComboBox()
         self.format_box.addItems(["binary", "labels"])
-        self.format_box.setToolTip('binary: 255 = "is", 0 = not; labels: 1 = "is", 2 = "is not"')
+        self.format_box.setToolTip(
+            'binary: 255 = "is", 0 = not; labels: 1 = "is", 2 = "is not"; 127 / 0 = no data'
+        )
         self.export_button = self._button(
             "Export mask…", "Write the current prediction as .tif/.png/.npy", self._on_export
         )
@@ -198,18 +204,25 @@ class FrontierWidget(QWidget):
             w.setEnabled(idle)
 
     # -- session signals ------------------------------------------------------
-    def _on_update(self, upd) -> None:
+    @staticmethod
+    def _describe(upd) -> str:
         held = "–" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.1%}"
-        self.status.setText(
+        return (
             f"step {upd.step} · loss {upd.loss:.3f} · train acc. {upd.train_accuracy:.1%}"
-            f" · held-out acc. {held} · {upd.steps_per_second:.1f} steps/s"
+            f" · held-out acc. {held}"
         )
+
+    def _on_update(self, upd) -> None:
+        self.status.setText(f"{self._describe(upd)} · {upd.steps_per_second:.1f} steps/s")
         self.plot.add(upd)
 
     def _on_state(self, training: bool) -> None:
+        history = self.session.history
         if training:
             self.status.setText("training: waiting for the first steps…")
-        elif not self.session.history:
+        elif history:
+            self.status.setText(f"stopped at {self._describe(history[-1])}")
+        else:
             self.status.setText(IDLE_TEXT)
         self._sync()
 
@@ -273,7 +286,7 @@ class FrontierWidget(QWidget):
             return None
         layer = self.session.image_layer or self.image_picker.layer()
         world = layer.data_to_world(where) if layer is not None else where
-        self.viewer.camera.center = tuple(world)[-2:]
+        _camera(self.viewer).center = tuple(world)[-2:]
         return where
 
     # -- buttons and keys -----------------------------------------------------
@@ -344,11 +357,15 @@ class FrontierWidget(QWidget):
         self._on_suggest()
 
 
+def _camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def _teardown(viewer, session) -> None:
     """Runs when the widget is destroyed: stop the worker, free the keys."""
     session.close()
     for key in (KEY_TRAIN, KEY_SWAP, KEY_SUGGEST):
-        try:
+        with contextlib.suppress(KeyError, ValueError, RuntimeError):
             viewer.bind_key(key, None)
-        except (KeyError, ValueError, RuntimeError):
-            pass
