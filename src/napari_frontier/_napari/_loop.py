@@ -17,15 +17,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..inference import Prediction, predict_probabilities
+from ..inference import Prediction, frontier_contours, predict_probabilities, uncertainty
 from ..training import TrainUpdate
 
 #: Predict the visible region instead of the whole image when it covers less
 #: than this fraction of the image.
 REGION_FRACTION = 0.6
-#: Contours with fewer vertices (specks of a pixel or two) are not drawn: a
-#: Shapes layer costs the main thread time for every shape.
+#: Live predictions cover at most this many pixels (around the centre of the
+#: view); larger images are predicted whole when training stops.
+MAX_LIVE_PIXELS = 1024 * 1024
+#: A Shapes layer costs the main thread about a millisecond per shape, so
+#: contours with fewer vertices than this (specks of a pixel or two) are not
+#: drawn, and at most ``MAX_CONTOURS`` (the longest) are. The prediction
+#: layer still shows everything.
 MIN_CONTOUR_VERTICES = 10
+MAX_CONTOURS = 300
+#: The main thread should spend at most about 1 / SHOW_SHARE of its time
+#: assigning overlays: predictions wait SHOW_SHARE times as long as the last
+#: assignment took (the session reports it as ``show_seconds``).
+SHOW_SHARE = 4
 
 
 class Mailbox:
@@ -89,6 +99,8 @@ class Overlay:
     region: tuple[int, int, int, int]
     scribbles_version: int
     seconds: float
+    #: Every pixel has been predicted (by this or an earlier, live prediction).
+    complete: bool = True
 
     @property
     def p_is(self) -> np.ndarray:
@@ -107,23 +119,28 @@ class LoopUpdate:
     final: bool = False
 
 
-def _region(view, shape, halo: int) -> tuple[tuple[int, int, int, int], tuple[slice, slice]]:
-    """Visible region clipped to the image, and the same grown by ``halo``."""
+def _region(view, shape, max_pixels: int) -> tuple[int, int, int, int]:
+    """``view`` clipped to the image and shrunk around its centre to ``max_pixels``."""
     h, w = shape
     r0, r1, c0, c1 = (int(v) for v in view)
     r0, r1 = max(0, min(r0, h - 1)), max(1, min(r1, h))
     c0, c1 = max(0, min(c0, w - 1)), max(1, min(c1, w))
     r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
-    grown = (
-        slice(max(0, r0 - halo), min(h, r1 + halo)),
-        slice(max(0, c0 - halo), min(w, c1 + halo)),
-    )
-    return (r0, r1, c0, c1), grown
+    area = (r1 - r0) * (c1 - c0)
+    if area > max_pixels:
+        f = (max_pixels / area) ** 0.5
+        dr, dc = max(1, int((r1 - r0) * f)), max(1, int((c1 - c0) * f))
+        r0, c0 = (r0 + r1 - dr) // 2, (c0 + c1 - dc) // 2
+        r1, c1 = r0 + dr, c0 + dc
+    return r0, r1, c0, c1
 
 
 def simplify_contours(contours) -> list[np.ndarray]:
-    """Drop specks (contours of fewer than ``MIN_CONTOUR_VERTICES`` vertices)."""
-    return [c.astype(np.float32) for c in contours if len(c) >= MIN_CONTOUR_VERTICES]
+    """The ``MAX_CONTOURS`` longest contours of ``MIN_CONTOUR_VERTICES`` or more vertices."""
+    kept = [c for c in contours if len(c) >= MIN_CONTOUR_VERTICES]
+    if len(kept) > MAX_CONTOURS:
+        kept = sorted(kept, key=len, reverse=True)[:MAX_CONTOURS]
+    return [c.astype(np.float32) for c in kept]
 
 
 _warm = threading.Event()
@@ -178,41 +195,58 @@ def _warm_up(model_config):
 
 
 class _Predictor:
-    """Keeps the latest probabilities of the whole image and refreshes parts of it."""
+    """Keeps the latest probabilities of the whole image and refreshes parts of it.
+
+    Live predictions cover the visible region (all of a small image) and at
+    most ``MAX_LIVE_PIXELS``; ``run(whole=True)`` predicts everything.
+    Pixels not predicted yet are NaN and count as neither class.
+    """
 
     def __init__(self, seg, image):
         self.seg = seg
         self.prepared = seg.prepare(image)
         h, w = self.prepared.shape
         self.probs = np.full((seg.n_classes, h, w), np.nan, np.float32)
-        self.full_done = False
+        self.uncertainty = np.full((h, w), np.nan, np.float32)
+        self.done = np.zeros((h, w), bool)
 
-    def run(self, view, step: int, version: int) -> Overlay:
+    def _choose(self, view, whole: bool) -> tuple[int, int, int, int]:
+        h, w = self.prepared.shape
+        small = h * w <= MAX_LIVE_PIXELS
+        if whole or (small and not self.done.all()):
+            return 0, h, 0, w
+        r = _region((0, h, 0, w) if view is None else view, (h, w), MAX_LIVE_PIXELS)
+        if small and (r[1] - r[0]) * (r[3] - r[2]) >= REGION_FRACTION * h * w:
+            return 0, h, 0, w
+        return r
+
+    def run(self, view, step: int, version: int, whole: bool = False) -> Overlay:
         t0 = time.perf_counter()
         p = self.prepared
         h, w = p.shape
-        region, grown = (0, h, 0, w), (slice(0, h), slice(0, w))
-        if view is not None and self.full_done:
-            r, g = _region(view, (h, w), self.seg.model.config.halo)
-            if (r[1] - r[0]) * (r[3] - r[2]) < REGION_FRACTION * h * w:
-                region, grown = r, g
-        x = p.x[:, grown[0], grown[1]]
-        probs = predict_probabilities(self.seg.model, x, self.seg.device)
-        r0, r1, c0, c1 = region
-        oy, ox = r0 - grown[0].start, c0 - grown[1].start
-        core = probs[:, oy : oy + r1 - r0, ox : ox + c1 - c0]
-        core[:, ~p.valid[r0:r1, c0:c1]] = np.nan
+        r0, r1, c0, c1 = self._choose(view, whole)
+        halo = self.seg.model.config.halo
+        g0, g1, h0, h1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
+        probs = predict_probabilities(self.seg.model, p.x[:, g0:g1, h0:h1], self.seg.device)
+        core = probs[:, r0 - g0 : r1 - g0, c0 - h0 : c1 - h0]
+        invalid = ~p.valid[r0:r1, c0:c1]
+        core[:, invalid] = np.nan
         self.probs[:, r0:r1, c0:c1] = core
-        self.full_done = True
+        u = uncertainty(np.nan_to_num(core, nan=1.0 / len(core)))
+        u[invalid] = np.nan
+        self.uncertainty[r0:r1, c0:c1] = u
+        self.done[r0:r1, c0:c1] = True
         pred = Prediction(probabilities=self.probs.copy(), valid=p.valid)
+        contours = frontier_contours(pred.probabilities, p.valid & self.done)
         return Overlay(
             prediction=pred,
-            uncertainty=pred.uncertainty,
-            contours=simplify_contours(pred.frontier),
+            uncertainty=self.uncertainty.copy(),
+            contours=simplify_contours(contours),
             step=step,
-            region=region,
+            region=(r0, r1, c0, c1),
             scribbles_version=version,
             seconds=time.perf_counter() - t0,
+            complete=bool(self.done.all()),
         )
 
 
@@ -234,10 +268,12 @@ def live_training(
         Private copies: the loop owns them.
     mailbox
         New scribbles (``scribbles=(version, array)``), the visible region
-        (``view=(r0, r1, c0, c1)`` in pixels) and the stop request.
+        (``view=(r0, r1, c0, c1)`` in pixels), how long the main thread took
+        to show the last overlay (``show_seconds``) and the stop request.
     predict_interval
         Least time between predictions. A prediction also waits at least as
-        long as the previous one took, so training keeps half of the time.
+        long as the previous one took, so training keeps half of the time,
+        and ``SHOW_SHARE`` times as long as showing the last one took.
     version
         Version number of ``scribbles`` (reported back in overlays).
 
@@ -264,11 +300,13 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
         return
     view = None
     next_predict = time.perf_counter() + predict_interval
+    show_seconds = 0.0
     try:
         upd = next(gen)
         while not mailbox.stopped:
             items = mailbox.take()
             view = items.get("view", view)
+            show_seconds = items.get("show_seconds", show_seconds)
             if "scribbles" in items:
                 new_version, array = items["scribbles"]
                 upd = gen.send(array)
@@ -279,13 +317,13 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
             yield LoopUpdate(train=upd, scribbles_version=version)
             if time.perf_counter() >= next_predict and not mailbox.stopped:
                 overlay = predictor.run(view, upd.step, version)
-                next_predict = time.perf_counter() + max(predict_interval, overlay.seconds)
+                wait = max(predict_interval, overlay.seconds, SHOW_SHARE * show_seconds)
+                next_predict = time.perf_counter() + wait
                 yield LoopUpdate(overlay=overlay, scribbles_version=version)
         gen.close()
         overlay = None
         if mailbox.final_prediction:
-            predictor.full_done = False
-            overlay = predictor.run(None, seg.step, version)
+            overlay = predictor.run(None, seg.step, version, whole=True)
         yield LoopUpdate(overlay=overlay, scribbles_version=version, final=True)
     except Exception as exc:
         yield LoopUpdate(error=exc, scribbles_version=version, final=True)
@@ -300,7 +338,7 @@ def predict_overlay(seg, image):
     ``RuntimeError``; the caller shows it).
     """
     try:
-        return _Predictor(seg, image).run(None, seg.step, 0)
+        return _Predictor(seg, image).run(None, seg.step, 0, whole=True)
     except Exception as exc:
         return exc
 

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Wait this long after the last paint event before sending the scribbles.
 DEBOUNCE_MS = 300
+#: Training updates kept in ``TrainingSession.history`` (about 4 a second).
+MAX_HISTORY = 10_000
 
 
 def _describe(exc: BaseException) -> str:
@@ -73,6 +75,8 @@ class TrainingSession:
         self.model_config = dict(model_config or {})
         self.segmenter = None
         self.prediction = None
+        #: False while only part of a large image has been predicted.
+        self.prediction_complete = False
         self.image_layer = None
         self.scribbles_layer = None
         self.worker = None
@@ -226,6 +230,7 @@ class TrainingSession:
 
     def _on_train_update(self, upd) -> None:
         self.history.append(upd)
+        del self.history[:-MAX_HISTORY]
         if upd.message == "scribbles updated":
             self.scribbles_received += 1
         elif upd.message and upd.message != self._last_warning:
@@ -241,8 +246,11 @@ class TrainingSession:
         for v in [v for v in self._posted if v <= overlay.scribbles_version]:
             self.stroke_latencies.append(now - self._posted.pop(v))
         self.prediction = overlay.prediction
+        self.prediction_complete = overlay.complete
         if self.image_layer in self.viewer.layers:
             L.show_overlay(self.viewer, overlay, self.image_layer, self.scribbles_layer)
+        if self.mailbox is not None:
+            self.mailbox.post(show_seconds=time.perf_counter() - now)
         self.overlay_count += 1
         self.overlay_shown.emit(overlay)
 
@@ -321,6 +329,11 @@ class TrainingSession:
 
         if self.prediction is None:
             raise FrontierError("nothing to export yet: train the model (or load one) first")
+        if not self.prediction_complete:
+            raise FrontierError(
+                "only the part of this large image you looked at has been predicted yet; "
+                "stop training (the whole image is predicted then) and export again"
+            )
         return write_image(path, self.prediction.mask(format))
 
     # -- background jobs ----------------------------------------------------
@@ -361,6 +374,7 @@ class TrainingSession:
         def show(overlay):
             self.image_layer = image_layer
             self.prediction = overlay.prediction
+            self.prediction_complete = overlay.complete
             if image_layer in self.viewer.layers:
                 L.show_overlay(self.viewer, overlay, image_layer, self.scribbles_layer)
             self.overlay_count += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import TYPE_CHECKING
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
@@ -32,6 +33,9 @@ from ._pickers import LayerPicker
 from ._plot import CurvePlot
 from ._suggest import suggest_location
 from .session import TrainingSession
+
+if TYPE_CHECKING:
+    from napari.viewer import Viewer
 
 KEY_TRAIN, KEY_SWAP, KEY_SUGGEST = "Shift-T", "Shift-X", "Shift-G"
 IDLE_TEXT = 'Paint "is" (label 1) and "is not" (label 2) strokes, then Train.'
@@ -71,7 +75,7 @@ class FrontierWidget(QWidget):
     :class:`~.session.TrainingSession` is ``widget.session``.
     """
 
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer: Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = TrainingSession(napari_viewer)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 npe2 = pytest.importorskip("npe2")
+pytestmark = pytest.mark.gui
 
 MANIFEST = Path(__file__).resolve().parents[2] / "napari.yaml"
 

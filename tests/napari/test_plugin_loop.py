@@ -108,3 +108,26 @@ def test_suggest_location_avoids_painted_areas(painted):
 
 def test_suggest_location_none_when_certain():
     assert suggest_location(np.zeros((20, 20)), None) is None
+
+
+def test_large_images_are_predicted_where_the_user_looks(disk_image, monkeypatch):
+    import napari_frontier._napari._loop as loop
+
+    monkeypatch.setattr(loop, "MAX_LIVE_PIXELS", 40 * 40)
+    image, scribbles, _ = disk_image
+    seg = _segmenter()
+    seg.fit(image, scribbles, steps=5)
+    predictor = _Predictor(seg, image)
+    live = predictor.run((0, 96, 0, 96), 5, 0)
+    r0, r1, c0, c1 = live.region
+    assert (r1 - r0) * (c1 - c0) <= 40 * 40 and not live.complete
+    assert abs((r0 + r1) / 2 - 48) <= 1 and abs((c0 + c1) / 2 - 48) <= 1  # around the centre
+    outside = np.ones((96, 96), bool)
+    outside[r0:r1, c0:c1] = False
+    assert np.isnan(live.p_is[outside]).all() and np.isnan(live.uncertainty[outside]).all()
+    assert np.isfinite(live.p_is[~outside]).all()
+    for c in live.contours:  # no false frontier along the edge of the predicted part
+        assert (c[:, 0] >= r0 - 1).all() and (c[:, 0] <= r1).all()
+    whole = predictor.run(None, 5, 0, whole=True)
+    assert whole.complete and np.isfinite(whole.p_is).all()
+    np.testing.assert_allclose(whole.uncertainty, whole.prediction.uncertainty, atol=1e-6)
