@@ -256,3 +256,16 @@ def test_open_viewer_with_files(qtbot, tmp_path, disk_image):
         assert viewer.layers.selection.active is marks and marks.mode == "paint"
     finally:
         viewer.close()
+
+
+def test_overlays_never_overwrite_a_users_layer_of_the_same_name(make_napari_viewer, disk_image):
+    from napari_frontier._napari import layers as L
+
+    image, _, _ = disk_image
+    viewer = make_napari_viewer()
+    img = viewer.add_image(image, name="img")
+    mine = viewer.add_image(np.ones((5, 5)), name="prediction")
+    created = L.ensure_overlays(viewer, img)
+    assert len(created) == 3 and mine not in created
+    assert L.find_layer(viewer, L.PREDICTION, Image) is not mine
+    assert mine.data.shape == (5, 5)

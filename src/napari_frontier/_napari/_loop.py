@@ -32,10 +32,16 @@ MAX_LIVE_PIXELS = 1024 * 1024
 #: layer still shows everything.
 MIN_CONTOUR_VERTICES = 10
 MAX_CONTOURS = 300
-#: The main thread should spend at most about 1 / SHOW_SHARE of its time
-#: assigning overlays: predictions wait SHOW_SHARE times as long as the last
-#: assignment took (the session reports it as ``show_seconds``).
+#: Between predictions the loop trains TRAIN_SHARE times as long as the last
+#: prediction took (prediction gets a third of the worker's time) ...
+TRAIN_SHARE = 2.0
+#: ... and the main thread should spend at most about 1 / SHOW_SHARE of its
+#: time assigning overlays: predictions wait SHOW_SHARE times as long as the
+#: last assignment took (the session reports it as ``show_seconds``).
 SHOW_SHARE = 4
+#: Except that new strokes are shown this soon after they reach the trainer,
+#: so painting gets quick feedback.
+STROKE_FEEDBACK_SECONDS = 0.5
 
 
 class Mailbox:
@@ -104,7 +110,7 @@ class Overlay:
 
     @property
     def p_is(self) -> np.ndarray:
-        """P("is"), NaN at invalid pixels."""
+        """P("is"), NaN at invalid pixels and at pixels not predicted yet."""
         return self.prediction.probabilities[0]
 
 
@@ -271,9 +277,10 @@ def live_training(
         (``view=(r0, r1, c0, c1)`` in pixels), how long the main thread took
         to show the last overlay (``show_seconds``) and the stop request.
     predict_interval
-        Least time between predictions. A prediction also waits at least as
-        long as the previous one took, so training keeps half of the time,
-        and ``SHOW_SHARE`` times as long as showing the last one took.
+        Least time between predictions. Predictions are also spaced by
+        ``TRAIN_SHARE`` times the time the last one took and ``SHOW_SHARE``
+        times the time showing it took, except that new scribbles are
+        reflected ``STROKE_FEEDBACK_SECONDS`` after they arrive.
     version
         Version number of ``scribbles`` (reported back in overlays).
 
@@ -309,15 +316,19 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
             show_seconds = items.get("show_seconds", show_seconds)
             if "scribbles" in items:
                 new_version, array = items["scribbles"]
+                sent = time.perf_counter()
                 upd = gen.send(array)
                 if upd.message == "scribbles updated":
                     version = new_version
+                    next_predict = min(next_predict, sent + STROKE_FEEDBACK_SECONDS)
             else:
                 upd = next(gen)
             yield LoopUpdate(train=upd, scribbles_version=version)
             if time.perf_counter() >= next_predict and not mailbox.stopped:
                 overlay = predictor.run(view, upd.step, version)
-                wait = max(predict_interval, overlay.seconds, SHOW_SHARE * show_seconds)
+                wait = max(
+                    predict_interval, TRAIN_SHARE * overlay.seconds, SHOW_SHARE * show_seconds
+                )
                 next_predict = time.perf_counter() + wait
                 yield LoopUpdate(overlay=overlay, scribbles_version=version)
         gen.close()

@@ -2,8 +2,9 @@
 
 Overlay layers are named exactly ``"prediction"`` (P("is") as a tint),
 ``"frontier"`` (sub-pixel contours where P("is") = 0.5, a Shapes layer of
-paths) and ``"uncertainty"`` (hidden by default). They are also tagged in
-``layer.metadata`` so a renamed overlay is still found.
+paths) and ``"uncertainty"`` (hidden by default). They are tagged in
+``layer.metadata``: a renamed overlay is still found, and a user's own layer
+of the same name is never overwritten.
 """
 
 from __future__ import annotations
@@ -63,14 +64,19 @@ def prediction_colormap() -> Colormap:
 
 
 def find_layer(viewer, role: str, kind: type):
-    """The layer of type ``kind`` named (or tagged) ``role``, or None."""
-    for layer in viewer.layers:
-        if isinstance(layer, kind) and layer.name == role:
-            return layer
-    for layer in viewer.layers:
-        if isinstance(layer, kind) and layer.metadata.get(ROLE_KEY) == role:
-            return layer
-    return None
+    """The plugin's layer of type ``kind`` for ``role``, or None.
+
+    Only layers the plugin tagged count (a user's own layer that happens to
+    be called "prediction" is never overwritten); among them the one named
+    exactly ``role`` wins.
+    """
+    tagged = [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, kind) and layer.metadata.get(ROLE_KEY) == role
+    ]
+    named = [layer for layer in tagged if layer.name == role]
+    return (named or tagged or [None])[0]
 
 
 def image_data(layer) -> np.ndarray:
@@ -222,4 +228,5 @@ def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels
         translate=image_layer.translate[-2:],
         opacity=0.6,
         colormap=mask_colormap(),
+        metadata={ROLE_KEY: name},
     )
