@@ -23,9 +23,17 @@ def test_no_void_output_channel_and_valid_output_shape():
 
 
 @pytest.mark.parametrize("shape", [(70, 53), (129, 200), (17, 9)])
-def test_tiled_prediction_equals_untiled(shape):
+@pytest.mark.parametrize(
+    "arch",
+    [
+        dict(width=8, depth=2, context_stride=1),
+        dict(width=8),  # the default layout: pyramid filters, U-Net on a coarser grid
+    ],
+)
+def test_tiled_prediction_equals_untiled(shape, arch):
     torch.manual_seed(0)
-    net = build_model(ModelConfig(in_channels=1, n_classes=2, width=8, depth=2))
+    net = build_model(ModelConfig(in_channels=1, n_classes=2, **arch))
+    torch.nn.init.normal_(net.head.weight)  # the U-Net head starts at zero: make it count
     # train-mode BN statistics would be batch dependent: use eval mode weights
     x = prepare(np.random.default_rng(0).random(shape).astype(np.float32)).x
     whole = predict_probabilities(net, x, tile=512)

@@ -1,10 +1,22 @@
-"""The network: fixed multi-scale filters feeding a compact U-Net.
+"""The network: fixed multi-scale filters, a per-pixel branch and a context U-Net.
 
 The filter bank (Gaussian, gradient magnitude, Laplacian of Gaussian and
 Hessian eigenvalues at several scales, the features a random-forest pixel
-classifier uses) is computed by fixed convolutions inside the model. A network
-that starts from these features separates classes after a few dozen steps;
-the U-Net then adds context a per-pixel classifier cannot see.
+classifier uses) is computed by fixed operations inside the model. A network
+that starts from these features separates classes after a few dozen steps.
+
+Layout (``context_stride = s > 1``, the default)::
+
+    image -> fine features (sigma < s) -> stem (1x1, full resolution) -> pixel logits --+
+                                            | avg-pool s                               |
+    image -> pyramid: coarse features (sigma >= 2, at 1/2 .. 1/s resolution)           + -> logits
+                                            | concatenated at 1/s resolution           |
+                                            U-Net -> context logits -> upsample x s ---+
+
+Only cheap per-pixel work happens at full resolution; everything that needs
+spatial context runs on a grid ``s`` times coarser. With ``s = 1`` every
+feature and the whole U-Net are at full resolution (the format-1 network,
+still loaded from old checkpoints).
 """
 
 from __future__ import annotations
@@ -28,6 +40,16 @@ class ModelConfig:
     sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     use_filters: bool = True
     pixel_branch: bool = True
+    # Resolution divisor of the context U-Net and of the coarsest filter
+    # pyramid level (a power of two; 1 = everything at full resolution).
+    context_stride: int = 4
+    # "batch" (BatchNorm, folded into the weights for prediction) or "none".
+    norm: str = "batch"
+
+    def __post_init__(self):
+        s = self.context_stride
+        if s < 1 or s & (s - 1):
+            raise ValueError(f"context_stride must be a power of two, got {s}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -41,6 +63,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}")
         d = dict(d)
+        # Checkpoints written before this setting existed hold the s = 1 network.
+        d.setdefault("context_stride", 1)
+        d.setdefault("norm", "batch")
         if "sigmas" in d:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)
@@ -48,13 +73,14 @@ class ModelConfig:
     @property
     def multiple(self) -> int:
         """Input sizes must be a multiple of this (padding is done for you)."""
-        return 2**self.depth
+        return self.context_stride * 2**self.depth
 
     @property
     def halo(self) -> int:
         """Context in pixels a tile needs on each side for seamless tiling."""
-        filt = math.ceil(4 * max(self.sigmas)) if self.use_filters else 0
-        return filt + 2 * (2 ** (self.depth + 1)) + 8
+        s = self.context_stride
+        filt = math.ceil(4 * max(self.sigmas)) + 2 * s + 2 if self.use_filters else 0
+        return filt + s * (2 * (2 ** (self.depth + 1)) + 8)
 
 
 def _gaussian_kernels(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,22 +93,43 @@ def _gaussian_kernels(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return g, d1, d2
 
 
+def _pyramid_stride(sigma: float, max_stride: int) -> int:
+    """Resolution divisor used to compute the features of scale ``sigma``."""
+    f = 1
+    while f * 2 <= min(sigma, max_stride):
+        f *= 2
+    return f
+
+
 class FilterBank(nn.Module):
-    """Fixed per-channel multi-scale features; no trainable weights."""
+    """Fixed per-channel multi-scale features; no trainable weights.
+
+    Scales of sigma >= 2 are computed on an average-pooled copy of the image
+    (a Gaussian pyramid) and upsampled again: the coarse features are smooth,
+    so this loses nothing the network uses and costs a fraction of blurring
+    with wide kernels at full resolution.
+    """
 
     per_scale = 5  # smoothed, gradient magnitude, LoG, two Hessian eigenvalues
 
-    def __init__(self, channels: int, sigmas: tuple[float, ...]):
+    def __init__(self, channels: int, sigmas: tuple[float, ...], max_stride: int = 1):
         super().__init__()
         self.channels = channels
         self.sigmas = tuple(sigmas)
-        for i, s in enumerate(self.sigmas):
-            g, _, _ = _gaussian_kernels(s)
+        self.strides = tuple(_pyramid_stride(s, max_stride) for s in self.sigmas)
+        for i, (s, f) in enumerate(zip(self.sigmas, self.strides, strict=True)):
+            # The f x f average already smooths by variance (f^2 - 1) / 12.
+            eff = math.sqrt(max(s * s - (f * f - 1) / 12, 0.25)) / f
+            g, _, _ = _gaussian_kernels(eff)
             self.register_buffer(f"k{i}", g[None], persistent=False)
 
     @property
     def out_channels(self) -> int:
         return self.channels * (1 + self.per_scale * len(self.sigmas))
+
+    @property
+    def multiple(self) -> int:
+        return max(self.strides)
 
     def _sep(self, x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
@@ -90,44 +137,120 @@ class FilterBank(nn.Module):
         y = F.conv2d(y, kx.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
         return y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [x]
+    def _scale(self, x: torch.Tensor, g: torch.Tensor, s: float) -> list[torch.Tensor]:
         h, w = x.shape[-2:]
-        for i, s in enumerate(self.sigmas):
+        r = g.numel() // 2 + 1
+        mode = "reflect" if r < h and r < w else "replicate"
+        # One separable Gaussian (with a 1-pixel margin); the derivatives are
+        # finite differences of the smoothed image, ~6x cheaper than separable
+        # derivative-of-Gaussian passes.
+        sm = self._sep(F.pad(x, (r, r, r, r), mode=mode), g, g)
+        c = sm[..., 1:-1, 1:-1]
+        up, down = sm[..., :-2, 1:-1], sm[..., 2:, 1:-1]
+        left, right = sm[..., 1:-1, :-2], sm[..., 1:-1, 2:]
+        gy, gx = (down - up) * 0.5, (right - left) * 0.5
+        hyy, hxx = down - 2 * c + up, right - 2 * c + left
+        hxy = (sm[..., 2:, 2:] - sm[..., 2:, :-2] - sm[..., :-2, 2:] + sm[..., :-2, :-2]) * 0.25
+        # Scale-normalised derivatives (in units of the pyramid level's
+        # pixels) so every scale has a similar range.
+        gm = torch.sqrt(gx * gx + gy * gy + 1e-12) * s
+        tr = (hxx + hyy) * s * s
+        disc = torch.sqrt(((hxx - hyy) * s * s) ** 2 + 4 * (hxy * s * s) ** 2 + 1e-12)
+        return [c, gm, tr, 0.5 * (tr + disc), 0.5 * (tr - disc)]
+
+    def groups(self, x: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """``(stride, features)`` per pyramid level, in channel order.
+
+        Consecutive scales computed at the same level share one tensor, at
+        that level's resolution; the first group is full resolution and
+        starts with ``x`` itself.
+        """
+        pooled = {1: x}
+        runs: list[tuple[int, list[torch.Tensor]]] = [(1, [x])]
+        for i, (s, f) in enumerate(zip(self.sigmas, self.strides, strict=True)):
+            if f not in pooled:
+                pooled[f] = F.avg_pool2d(x, f)
             g = getattr(self, f"k{i}")[0].to(x.dtype)
-            r = g.numel() // 2 + 1
-            mode = "reflect" if r < h and r < w else "replicate"
-            # One separable Gaussian per scale (with a 1-pixel margin); the
-            # derivatives are finite differences of the smoothed image, which
-            # is ~6x cheaper than six separable derivative-of-Gaussian passes.
-            sm = self._sep(F.pad(x, (r, r, r, r), mode=mode), g, g)
-            c = sm[..., 1:-1, 1:-1]
-            up, down = sm[..., :-2, 1:-1], sm[..., 2:, 1:-1]
-            left, right = sm[..., 1:-1, :-2], sm[..., 1:-1, 2:]
-            gy, gx = (down - up) * 0.5, (right - left) * 0.5
-            hyy, hxx = down - 2 * c + up, right - 2 * c + left
-            hxy = (sm[..., 2:, 2:] - sm[..., 2:, :-2] - sm[..., :-2, 2:] + sm[..., :-2, :-2]) * 0.25
-            # Scale-normalised derivatives so every scale has a similar range.
-            gm = torch.sqrt(gx * gx + gy * gy + 1e-12) * s
-            tr = (hxx + hyy) * s * s
-            disc = torch.sqrt(((hxx - hyy) * s * s) ** 2 + 4 * (hxy * s * s) ** 2 + 1e-12)
-            feats += [c, gm, tr, 0.5 * (tr + disc), 0.5 * (tr - disc)]
-        return torch.cat(feats, dim=1)
+            level = self._scale(pooled[f], g, s / f)
+            if runs[-1][0] == f:
+                runs[-1][1].extend(level)
+            else:
+                runs.append((f, level))
+        return [(f, torch.cat(feats, dim=1)) for f, feats in runs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All features at full resolution (for inspection)."""
+        size = x.shape[-2:]
+        return torch.cat(
+            [
+                t if f == 1 else F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+                for f, t in self.groups(x)
+            ],
+            dim=1,
+        )
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def _pointwise(
+    xs: list[torch.Tensor], conv: nn.Conv2d, bn: nn.Module | None = None
+) -> torch.Tensor:
+    """A 1x1 convolution (then BatchNorm) over the channels of ``xs`` taken in order.
+
+    Done as matrix products on (N, C, H*W) views: for few channels at full
+    resolution this is several times faster on CPUs than the convolution
+    routine (which reorders the data first), and the inputs need not be
+    concatenated. In eval mode the BatchNorm is folded into the weights.
+    """
+    w = conv.weight.flatten(1)
+    b = conv.bias
+    if not isinstance(bn, nn.BatchNorm2d):
+        bn = None
+    if bn is not None and not bn.training:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        w = w * scale[:, None]
+        b = shift if b is None else shift + b * scale
+        bn = None
+    n, _, h, wd = xs[0].shape
+    out = None
+    c0 = 0
+    for x in xs:
+        c = x.shape[1]
+        wi = w[:, c0 : c0 + c].to(x.dtype)
+        # bmm with the weight on the left: matmul would fold the batch into
+        # one tall product with a 2-column output, which BLAS runs slowly.
+        y = torch.bmm(wi.expand(n, -1, -1), x.reshape(n, c, h * wd))
+        out = y if out is None else out.add_(y)
+        c0 += c
+    if c0 != w.shape[1]:
+        raise ValueError(f"expected {w.shape[1]} input channels, got {c0}")
+    if b is not None:
+        out = out.add_(b.to(out.dtype)[:, None])
+    out = out.view(n, -1, h, wd)
+    return out if bn is None else bn(out)
+
+
+def _norm(norm: str, c: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(c)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+
+
+def _block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+    bias = norm == "none"
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+        _norm(norm, cout),
         nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+        _norm(norm, cout),
         nn.ReLU(inplace=True),
     )
 
 
 class FrontierNet(nn.Module):
-    """Filter bank + U-Net. Input ``(N, C + 1, H, W)`` (validity last); output ``(N, K, H, W)``.
+    """Input ``(N, C + 1, H, W)`` (validity last); output ``(N, K, H, W)`` logits.
 
     There is one output channel per painted class and none for void.
     """
@@ -136,28 +259,30 @@ class FrontierNet(nn.Module):
         super().__init__()
         self.config = config
         c = config.in_channels
+        s = config.context_stride
+        n_fine, n_coarse = c, 0
+        self.filters = None
         if config.use_filters:
-            self.filters = FilterBank(c, config.sigmas)
-            n_in = self.filters.out_channels + 1
-        else:
-            self.filters = None
-            n_in = c + 1
+            self.filters = FilterBank(c, config.sigmas, s)
+            per = FilterBank.per_scale * c
+            n_fine += per * sum(f == 1 for f in self.filters.strides)
+            n_coarse = per * sum(f > 1 for f in self.filters.strides)
         self.stem = nn.Sequential(
-            nn.Conv2d(n_in, config.width, 1, bias=False),
-            nn.BatchNorm2d(config.width),
+            nn.Conv2d(n_fine + 1, config.width, 1, bias=config.norm == "none"),
+            _norm(config.norm, config.width),
             nn.ReLU(inplace=True),
         )
         widths = [config.width * 2**i for i in range(config.depth + 1)]
         self.down = nn.ModuleList()
-        prev = config.width
+        prev = config.width + n_coarse
         for w in widths:
-            self.down.append(_block(prev, w))
+            self.down.append(_block(prev, w, config.norm))
             prev = w
         self.up = nn.ModuleList()
         self.upconv = nn.ModuleList()
         for w in reversed(widths[:-1]):
             self.upconv.append(nn.ConvTranspose2d(prev, w, 2, stride=2))
-            self.up.append(_block(2 * w, w))
+            self.up.append(_block(2 * w, w, config.norm))
             prev = w
         self.head = nn.Conv2d(prev, config.n_classes, 1)
         self.pixel = None
@@ -171,10 +296,18 @@ class FrontierNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image, validity = x[:, :-1], x[:, -1:]
-        if self.filters is not None:
-            image = self.filters(image)
-        h = self.stem(torch.cat([image, validity], dim=1))
-        stem = h
+        groups = [(1, image)] if self.filters is None else self.filters.groups(image)
+        s = self.config.context_stride
+        stem = torch.relu_(
+            _pointwise([torch.cat([groups[0][1], validity], dim=1)], self.stem[0], self.stem[1])
+        )
+        h = stem
+        if s > 1:
+            h = torch.cat(
+                [F.avg_pool2d(stem, s)]
+                + [t if f == s else F.avg_pool2d(t, s // f) for f, t in groups[1:]],
+                dim=1,
+            )
         skips = []
         for i, block in enumerate(self.down):
             if i:
@@ -184,8 +317,10 @@ class FrontierNet(nn.Module):
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
             h = block(torch.cat([upconv(h), skip], dim=1))
         out = self.head(h)
+        if s > 1:
+            out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
         if self.pixel is not None:
-            out = out + self.pixel(stem)
+            out = out.add_(_pointwise([stem], self.pixel))
         return out
 
 

@@ -74,6 +74,7 @@ class Segmenter:
         self.train_config = train_config or TrainConfig()
         self._model_overrides = dict(model_config or {})
         self.model: torch.nn.Module | None = None
+        self._ema: _WeightAverage | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
         self.device = select_device(self.train_config.device)
@@ -109,6 +110,7 @@ class Segmenter:
         if self.device.type != "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = None
+        self._ema = None
 
     def _ensure_optimizer(self) -> None:
         if self.optimizer is None:
@@ -116,10 +118,21 @@ class Segmenter:
             self.optimizer = torch.optim.AdamW(
                 self.model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
             )
+            self._ema = None
+            if tc.ema > 0:
+                ema = _WeightAverage(self.model, tc.ema)
+                self.optimizer.register_step_post_hook(lambda *_: ema.update(self.model))
+                self._ema = ema
+
+    @property
+    def predict_model(self) -> torch.nn.Module | None:
+        """The network that predicts: the weight average while training, else the model."""
+        return self._ema.module if self._ema is not None else self.model
 
     def reset(self) -> None:
         """Forget the learned weights (the next training starts fresh)."""
         self.model = None
+        self._ema = None
         self.optimizer = None
         self.step = 0
 
@@ -257,7 +270,7 @@ class Segmenter:
                 f"image has {p.n_channels}"
             )
         probs = predict_probabilities(
-            self.model,
+            self.predict_model,
             p.x,
             self.device,
             tile=tile,
@@ -274,7 +287,8 @@ class Segmenter:
         if self.model is None:
             raise CheckpointError("nothing to save: the model is not trained yet")
         return {
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            # The weights that predict (the average, when there is one).
+            "state_dict": {k: v.detach().cpu() for k, v in self.predict_model.state_dict().items()},
             "model_config": self.model.config.as_dict(),
             "n_classes": self.n_classes,
             "class_names": list(self.class_names),
@@ -322,6 +336,32 @@ class Segmenter:
         seg.model = model.to(seg.device)
         seg.step = int(payload.get("step", 0))
         return seg
+
+
+class _WeightAverage:
+    """Exponential moving average of a model's weights (buffers are copied).
+
+    The decay ramps up as ``(1 + n) / (10 + n)`` so that early predictions
+    are not held back by the random initial weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.n = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        self.n += 1
+        ema = list(self.module.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - d)
+        for be, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            be.copy_(b)
 
 
 def check_image(image) -> None:

@@ -37,6 +37,9 @@ class TrainConfig:
     amp: bool = True
     threads: int | None = None
     smoothness: float = 0.0
+    #: Predictions use an exponential moving average of the weights with this
+    #: decay (0 = the raw weights): steadier overlays from one refresh to the next.
+    ema: float = 0.99
     smoothness_sigma: float = 0.15
     update_interval: float = 0.25
     holdout_interval: float = 1.0

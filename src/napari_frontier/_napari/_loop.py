@@ -233,7 +233,7 @@ class _Predictor:
         r0, r1, c0, c1 = self._choose(view, whole)
         halo = self.seg.model.config.halo
         g0, g1, h0, h1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
-        probs = predict_probabilities(self.seg.model, p.x[:, g0:g1, h0:h1], self.seg.device)
+        probs = predict_probabilities(self.seg.predict_model, p.x[:, g0:g1, h0:h1], self.seg.device)
         core = probs[:, r0 - g0 : r1 - g0, c0 - h0 : c1 - h0]
         invalid = ~p.valid[r0:r1, c0:c1]
         core[:, invalid] = np.nan
