@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write P(class) as float32 TIFF (a folder with several images)",
     )
-    q.add_argument("--tile", type=int, default=512, help="tile side for sliding-window prediction")
+    q.add_argument("--tile", type=int, default=1024, help="tile side for sliding-window prediction")
     _common(q, nodata=False)
 
     e = sub.add_parser(

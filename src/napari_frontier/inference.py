@@ -27,9 +27,9 @@ def predict_probabilities(
     model: torch.nn.Module,
     x: np.ndarray,
     device: torch.device | str = "cpu",
-    tile: int = 512,
+    tile: int = 1024,
     halo: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     amp: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
@@ -39,12 +39,18 @@ def predict_probabilities(
     ----------
     tile
         Side of the core region predicted per tile (rounded to the pooling grid).
+        Large tiles waste less on the halo: at 1024 the halo adds ~60 %.
     halo
         Context on each side of a tile; defaults to the model's own need.
+    batch_size
+        Tiles per forward pass (default: 1 on CPU, where batching gains
+        nothing and multiplies peak memory, 4 elsewhere).
     progress
         Called as ``progress(done, total)`` after each batch of tiles.
     """
     device = torch.device(device)
+    if batch_size is None:
+        batch_size = 1 if device.type == "cpu" else 4
     cfg = model.config
     m = cfg.multiple
     halo = _round_up(cfg.halo if halo is None else halo, m)
@@ -97,6 +103,28 @@ def frontier_contours(probabilities: np.ndarray, valid: np.ndarray | None = None
 
     p = np.nan_to_num(probabilities[label - 1], nan=0.0)
     return find_contours(p, 0.5, mask=valid)
+
+
+def frontier_mask(p_is: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Pixels (bool) on the "is" side of every place where ``p_is`` crosses ``threshold``.
+
+    NaN (not predicted, or invalid input) counts as neither side, so no
+    frontier is drawn along the edge of a partly predicted image. About a
+    hundred times cheaper than sub-pixel contours, for live overlays.
+    """
+    known = ~np.isnan(p_is)
+    b = np.zeros(p_is.shape, bool)
+    np.greater_equal(p_is, threshold, out=b, where=known)
+    edge = np.zeros(p_is.shape, bool)
+    for axis in (0, 1):
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        lo, hi = tuple(lo), tuple(hi)
+        change = (b[lo] != b[hi]) & known[lo] & known[hi]
+        edge[lo] |= change & b[lo]
+        edge[hi] |= change & b[hi]
+    return edge
 
 
 def frontier_raster(labels: np.ndarray) -> np.ndarray:

@@ -30,6 +30,12 @@ class PatchSampler:
 
     def __init__(self, images, targets, n_classes: int, patch_size: int, rng: np.random.Generator):
         self.n_classes = n_classes
+        # Patches larger than the smallest image would be mostly padding,
+        # which skews BatchNorm statistics: shrink them to fit (in steps of
+        # 16, the network's default pooling grid).
+        sides = [min(t.shape[-2:]) for t in targets]
+        if sides and min(sides) < patch_size:
+            patch_size = max(16, min(sides) // 16 * 16)
         self.patch_size = patch_size
         self.rng = rng
         self._images = []

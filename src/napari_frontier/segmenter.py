@@ -255,9 +255,9 @@ class Segmenter:
     def predict(
         self,
         image,
-        tile: int = 512,
+        tile: int = 1024,
         halo: int | None = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Prediction:
         """Predict a whole image (any size, tiled). Returns a :class:`Prediction`."""

@@ -26,7 +26,7 @@ from .sampling import PatchSampler
 class TrainConfig:
     """Training settings (defaults chosen by ``benchmarks/``)."""
 
-    patch_size: int = 64
+    patch_size: int = 96
     batch_size: int = 4
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4

@@ -53,7 +53,12 @@ def test_loop_trains_predicts_takes_new_scribbles_and_stops(disk_image):
     p_is = last.overlay.p_is
     assert p_is.shape == truth.shape and np.nanmax(p_is) <= 1.0
     assert last.overlay.uncertainty.shape == truth.shape
-    assert all(c.shape[1] == 2 for c in last.overlay.contours)
+    assert all(c.shape[1] == 2 for c in last.overlay.contours())
+    # The raster frontier is exactly the "is" side of every 0.5 crossing.
+    f = last.overlay.frontier.astype(bool)
+    assert f.any() and (p_is[f] >= 0.5).all()
+    inside = p_is >= 0.5
+    assert (inside[1:] != inside[:-1]).any() and f.sum() < inside.sum()
     assert seg.step > 0
 
 
@@ -126,8 +131,9 @@ def test_large_images_are_predicted_where_the_user_looks(disk_image, monkeypatch
     outside[r0:r1, c0:c1] = False
     assert np.isnan(live.p_is[outside]).all() and np.isnan(live.uncertainty[outside]).all()
     assert np.isfinite(live.p_is[~outside]).all()
-    for c in live.contours:  # no false frontier along the edge of the predicted part
+    for c in live.contours():  # no false frontier along the edge of the predicted part
         assert (c[:, 0] >= r0 - 1).all() and (c[:, 0] <= r1).all()
+    assert not live.frontier[outside].any()
     whole = predictor.run(None, 5, 0, whole=True)
     assert whole.complete and np.isfinite(whole.p_is).all()
     np.testing.assert_allclose(whole.uncertainty, whole.prediction.uncertainty, atol=1e-6)

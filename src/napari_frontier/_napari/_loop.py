@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..inference import Prediction, frontier_contours, predict_probabilities, uncertainty
+from ..inference import (
+    Prediction,
+    frontier_contours,
+    frontier_mask,
+    predict_probabilities,
+    uncertainty,
+)
 from ..training import TrainUpdate
 
 #: Predict the visible region instead of the whole image when it covers less
@@ -26,10 +32,10 @@ REGION_FRACTION = 0.6
 #: Live predictions cover at most this many pixels (around the centre of the
 #: view); larger images are predicted whole when training stops.
 MAX_LIVE_PIXELS = 1024 * 1024
-#: A Shapes layer costs the main thread about a millisecond per shape, so
-#: contours with fewer vertices than this (specks of a pixel or two) are not
-#: drawn, and at most ``MAX_CONTOURS`` (the longest) are. The prediction
-#: layer still shows everything.
+#: :meth:`Overlay.contours` (vector frontier, for export) drops specks with
+#: fewer vertices than this and keeps at most ``MAX_CONTOURS`` (the longest).
+#: The live frontier layer is a raster: a Shapes layer of hundreds of paths
+#: costs the main thread hundreds of milliseconds per refresh.
 MIN_CONTOUR_VERTICES = 10
 MAX_CONTOURS = 300
 #: Between predictions the loop trains TRAIN_SHARE times as long as the last
@@ -100,7 +106,8 @@ class Overlay:
 
     prediction: Prediction
     uncertainty: np.ndarray
-    contours: list = field(repr=False)
+    #: uint8, 1 on the "is" side of the frontier (P("is") = 0.5), else 0.
+    frontier: np.ndarray = field(repr=False)
     step: int
     region: tuple[int, int, int, int]
     scribbles_version: int
@@ -112,6 +119,12 @@ class Overlay:
     def p_is(self) -> np.ndarray:
         """P("is"), NaN at invalid pixels and at pixels not predicted yet."""
         return self.prediction.probabilities[0]
+
+    def contours(self) -> list[np.ndarray]:
+        """Sub-pixel frontier contours (the longest ones), as ``(N, 2)`` row/col arrays."""
+        p = self.prediction
+        done = ~np.isnan(p.probabilities[0])
+        return simplify_contours(frontier_contours(p.probabilities, p.valid & done))
 
 
 @dataclass(frozen=True)
@@ -214,6 +227,7 @@ class _Predictor:
         h, w = self.prepared.shape
         self.probs = np.full((seg.n_classes, h, w), np.nan, np.float32)
         self.uncertainty = np.full((h, w), np.nan, np.float32)
+        self.frontier = np.zeros((h, w), np.uint8)
         self.done = np.zeros((h, w), bool)
 
     def _choose(self, view, whole: bool) -> tuple[int, int, int, int]:
@@ -242,12 +256,15 @@ class _Predictor:
         u[invalid] = np.nan
         self.uncertainty[r0:r1, c0:c1] = u
         self.done[r0:r1, c0:c1] = True
+        # The frontier of the refreshed region, with a 1-pixel rim so that it
+        # joins up with what was there before.
+        f0, f1, e0, e1 = max(0, r0 - 1), min(h, r1 + 1), max(0, c0 - 1), min(w, c1 + 1)
+        self.frontier[f0:f1, e0:e1] = frontier_mask(self.probs[0, f0:f1, e0:e1])
         pred = Prediction(probabilities=self.probs.copy(), valid=p.valid)
-        contours = frontier_contours(pred.probabilities, p.valid & self.done)
         return Overlay(
             prediction=pred,
             uncertainty=self.uncertainty.copy(),
-            contours=simplify_contours(contours),
+            frontier=self.frontier.copy(),
             step=step,
             region=(r0, r1, c0, c1),
             scribbles_version=version,

@@ -1,8 +1,8 @@
 """Find, create and style the plugin's layers (main thread only).
 
 Overlay layers are named exactly ``"prediction"`` (P("is") as a tint),
-``"frontier"`` (sub-pixel contours where P("is") = 0.5, a Shapes layer of
-paths) and ``"uncertainty"`` (hidden by default). They are tagged in
+``"frontier"`` (the pixels where P("is") crosses 0.5, a raster: cheap to
+refresh while training) and ``"uncertainty"`` (hidden by default). They are tagged in
 ``layer.metadata``: a renamed overlay is still found, and a user's own layer
 of the same name is never overwritten.
 """
@@ -10,7 +10,7 @@ of the same name is never overwritten.
 from __future__ import annotations
 
 import numpy as np
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 
 from ..errors import ImageError
@@ -25,8 +25,7 @@ IS_NOT_COLOR = (0.15, 0.55, 1.0, 1.0)  # blue strokes
 #: Tint of predicted "is" areas: a different hue from the strokes, so strokes
 #: painted inside a predicted object stay visible.
 PREDICTION_COLOR = (1.0, 0.25, 0.85)  # magenta
-FRONTIER_COLOR = "yellow"
-FRONTIER_WIDTH = 1.0  # in image pixels
+FRONTIER_COLOR = (1.0, 0.9, 0.0)  # yellow
 
 
 def scribble_colormap() -> DirectLabelColormap:
@@ -61,6 +60,12 @@ def prediction_colormap() -> Colormap:
         controls=[0.0, 0.5, 1.0],
         name="frontier P(is)",
     )
+
+
+def frontier_colormap() -> Colormap:
+    """Transparent at 0, opaque yellow at 1."""
+    r, g, b = FRONTIER_COLOR
+    return Colormap(colors=[[r, g, b, 0.0], [r, g, b, 1.0]], controls=[0.0, 1.0], name="frontier")
 
 
 def find_layer(viewer, role: str, kind: type):
@@ -172,17 +177,9 @@ def ensure_overlays(viewer, image_layer, scribbles_layer=None) -> list:
             viewer, UNCERTAINTY, shape, image_layer, colormap="inferno", opacity=0.6, visible=False
         )
         created.append(layer)
-    if find_layer(viewer, FRONTIER, Shapes) is None:
-        layer = viewer.add_shapes(
-            name=FRONTIER,
-            ndim=2,
-            scale=image_layer.scale[-2:],
-            translate=image_layer.translate[-2:],
-            edge_color=FRONTIER_COLOR,
-            edge_width=FRONTIER_WIDTH,
-            face_color="transparent",
-            metadata={ROLE_KEY: FRONTIER},
-        )
+    if find_layer(viewer, FRONTIER, Image) is None:
+        layer = _add_image(viewer, FRONTIER, shape, image_layer, colormap=frontier_colormap())
+        layer.data = np.zeros(shape, np.uint8)
         created.append(layer)
     for layer in created:
         _place_below(viewer, layer, scribbles_layer)
@@ -194,16 +191,6 @@ def ensure_overlays(viewer, image_layer, scribbles_layer=None) -> list:
     return created
 
 
-def _set_frontier(layer: Shapes, contours) -> None:
-    layer.selected_data = set()
-    layer.current_edge_color = FRONTIER_COLOR
-    layer.current_edge_width = FRONTIER_WIDTH
-    layer.current_face_color = "transparent"
-    layer.data = []
-    if contours:
-        layer.add_paths(list(contours), edge_color=FRONTIER_COLOR, edge_width=FRONTIER_WIDTH)
-
-
 def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
     """Assign an :class:`~._loop.Overlay` to the overlay layers (made if missing).
 
@@ -212,7 +199,7 @@ def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
     ensure_overlays(viewer, image_layer, scribbles_layer)
     find_layer(viewer, PREDICTION, Image).data = overlay.p_is
     find_layer(viewer, UNCERTAINTY, Image).data = overlay.uncertainty
-    _set_frontier(find_layer(viewer, FRONTIER, Shapes), overlay.contours)
+    find_layer(viewer, FRONTIER, Image).data = overlay.frontier
 
 
 def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels:
