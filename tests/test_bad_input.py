@@ -473,10 +473,9 @@ def test_model_for_other_channels_refused(tmp_path, capsys, trained_model):
     assert seg3.predict(_image()).probabilities.shape == (3, H, W)
 
 
-def test_project_errors_are_clear(tmp_path, capsys, trained_model):
+def test_project_errors_are_clear(tmp_path, capsys):
     from napari_frontier.project import load_project, save_project
 
-    seg, d = trained_model
     (tmp_path / "fake.frontier").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ProjectError, match="not a readable"):
         load_project(tmp_path / "fake.frontier")

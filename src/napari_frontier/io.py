@@ -10,8 +10,10 @@ and containers only, never arbitrary pickled code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io as _io
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -151,8 +153,19 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise FrontierIOError(f"{path}: write failed ({exc.strerror or exc})") from exc
+            reason = exc.strerror or str(exc)
+            if exc.errno != errno.ENOSPC and _disk_full(folder):
+                # Some writers report a short write instead of ENOSPC.
+                reason = f"No space left on device ({reason})"
+            raise FrontierIOError(f"{path}: write failed ({reason})") from exc
         raise
+
+
+def _disk_full(folder: Path, margin: int = 1 << 16) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def write_image(path, data: np.ndarray, compression: str | None = "zlib") -> Path:
