@@ -214,6 +214,18 @@ def load_project(path, load_image: bool = True, load_model: bool = True, device:
     )
 
 
+def project_info(path) -> dict:
+    """The ``project.json`` of a project (cheap: nothing else is read)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read("project.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ProjectError(f"{path}: not a readable napari-frontier project ({exc})") from exc
+    _check_meta(meta, path)
+    return meta
+
+
 def _check_meta(meta, path: Path) -> None:
     if not isinstance(meta, dict) or meta.get("format") != PROJECT_FORMAT:
         raise ProjectError(f"{path}: not a napari-frontier project")
