@@ -19,7 +19,7 @@ from napari_frontier.losses import masked_bce_with_logits, masked_cross_entropy,
 from napari_frontier.metrics import boundary_f1, confusion_matrix, score
 from napari_frontier.model import ModelConfig, build_model
 
-FEW = settings(max_examples=25, deadline=None)
+FEW = settings(max_examples=20, deadline=None)
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12))
 
@@ -122,7 +122,8 @@ def test_metrics_bounded_void_excluded_perfect_is_one(k, h, w, seed, tolerance):
     other = np.where((truth > 0) & valid, pred, r.integers(1, k + 1, size=(h, w)))
     s2 = score(other, truth, k, valid=valid, tolerance=tolerance)
     np.testing.assert_array_equal(
-        confusion_matrix(pred, truth, k, valid=valid), confusion_matrix(other, truth, k, valid=valid)
+        confusion_matrix(pred, truth, k, valid=valid),
+        confusion_matrix(other, truth, k, valid=valid),
     )
     assert s2.accuracy == s.accuracy or (np.isnan(s2.accuracy) and np.isnan(s.accuracy))
     np.testing.assert_array_equal(s2.iou, s.iou)
@@ -132,12 +133,14 @@ def test_metrics_bounded_void_excluded_perfect_is_one(k, h, w, seed, tolerance):
     if s3.n_scored:
         assert s3.accuracy == 1.0
         assert all(np.isnan(v) or v == 1.0 for v in (*s3.iou, *s3.dice))
-    bf = boundary_f1(perfect, truth, tolerance=tolerance, valid=valid)
-    assert np.isnan(bf) or bf == pytest.approx(1.0)
+    # Boundary F1 of a perfect prediction of a dense truth (no void: next to
+    # void pixels the truth's "boundary" is not a real one) is 1.
+    dense = np.where(truth > 0, truth, 1)
+    assert boundary_f1(dense, dense, tolerance=tolerance, valid=valid) == pytest.approx(1.0)
 
 
 # -- tiling ----------------------------------------------------------------------------
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     h=st.integers(1, 70),
     w=st.integers(1, 70),
