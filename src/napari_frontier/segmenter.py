@@ -284,6 +284,8 @@ class Segmenter:
             # Training runs (maybe in another thread): take the consistent
             # copy made at its last update rather than weights being changed.
             weights, step = state.good_weights, state.good_step
+            if state.good_shadows:  # the weights that predict (e.g. a weight average)
+                weights = state.good_shadows[0]
         else:
             weights = self.model.state_dict()
         return {

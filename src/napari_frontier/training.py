@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -90,6 +90,10 @@ class TrainState:
     #: another thread while training runs, and restored after a failed step.
     good_weights: dict | None = None
     good_step: int = 0
+    #: Modules that follow the model (e.g. a weight average): snapshotted and
+    #: restored with it; ``good_shadows`` holds their copies.
+    shadows: list = field(default_factory=list)
+    good_shadows: list | None = None
     #: Batch size and patch side in use (smaller after running out of memory).
     batch_size: int | None = None
     patch_size: int | None = None
@@ -145,6 +149,7 @@ def train_steps(
     good = copy.deepcopy(model.state_dict())
     good_step = state.good_step = state.step
     state.good_weights = good
+    state.good_shadows = [copy.deepcopy(m.state_dict()) for m in state.shadows]
     batch_size = state.batch_size = state.batch_size or config.batch_size
     if state.patch_size:
         sampler.patch_size = state.patch_size
@@ -215,6 +220,8 @@ def train_steps(
             logits = loss = xb = tb = None
             opt.zero_grad(set_to_none=True)
             model.load_state_dict(good)
+            for m, saved in zip(state.shadows, state.good_shadows or [], strict=False):
+                m.load_state_dict(saved)
             state.step = good_step
             if not is_out_of_memory(exc):
                 raise
@@ -235,6 +242,7 @@ def train_steps(
                 last_holdout_t = time.perf_counter()
             good = copy.deepcopy(model.state_dict())
             good_step = state.good_step = state.step
+            state.good_shadows = [copy.deepcopy(m.state_dict()) for m in state.shadows]
             state.good_weights = good
             incoming = yield update(False)
             message = ""
