@@ -143,7 +143,9 @@ def _fresh(disk_image, **tc):
 
 
 def _weights(seg):
-    return {k: v.clone() for k, v in seg.model.state_dict().items()}
+    """The weights that predict (a weight average where the segmenter keeps one)."""
+    model = getattr(seg, "predict_model", None) or seg.model
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _same(a, b):
