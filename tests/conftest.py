@@ -6,7 +6,7 @@ import os
 import tempfile
 
 _TMP = tempfile.mkdtemp(prefix="frontier-tests-")
-for _var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
+for _var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "XDG_DATA_HOME"):
     _d = os.path.join(_TMP, _var.lower())
     os.makedirs(_d, mode=0o700, exist_ok=True)
     os.environ.setdefault(_var, _d)

@@ -151,7 +151,8 @@ def _progress(total, desc, quiet, unit="it"):
 def _train(args) -> int:
     import dataclasses
 
-    from .io import read_image
+    from .io import check_writable, read_image
+    from .project import load_model
     from .segmenter import Segmenter
     from .training import TrainConfig
 
@@ -169,10 +170,11 @@ def _train(args) -> int:
     if args.holdout is not None:
         overrides["holdout_fraction"] = args.holdout
     tc = TrainConfig(seed=args.seed, device=args.device, threads=args.threads, **overrides)
+    check_writable(args.output)  # before training, not after minutes of it
     images = [read_image(p) for p in args.image]
     scribbles = [read_image(p) for p in args.scribbles]
     if args.init:
-        seg = Segmenter.load(args.init, device=args.device)
+        seg = load_model(args.init, device=args.device)
         seg.train_config = dataclasses.replace(tc, device=args.device)
     else:
         model_cfg = {
@@ -190,7 +192,7 @@ def _train(args) -> int:
     bar = _progress(total, "training", args.quiet, unit)
     last = None
     first_step = seg.step
-    with bar:
+    with bar, _keep_model_on_failure(seg, args.output):
         for upd in seg.training(images, scribbles, seconds=args.seconds, steps=args.steps):
             last = upd
             done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
@@ -200,7 +202,7 @@ def _train(args) -> int:
             bar.set_postfix_str(
                 f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
             )
-    seg.save(args.output)
+    _save_or_rescue(seg, args.output)
     if not args.quiet:
         hold = "n/a" if last.holdout_accuracy is None else f"{last.holdout_accuracy:.3f}"
         print(
@@ -210,6 +212,64 @@ def _train(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _save_or_rescue(seg, output) -> None:
+    """Save the model; if that fails, save it in the autosave folder and say where."""
+    from .errors import FrontierIOError
+
+    try:
+        seg.save(output)
+    except FrontierIOError as exc:
+        rescued = _rescue(seg)
+        if rescued is None:
+            raise
+        raise FrontierIOError(f"{exc}; the trained model was saved to {rescued} instead") from exc
+
+
+def _rescue(seg):
+    import contextlib
+    import time
+
+    from .errors import FrontierError
+    from .project import autosave_dir
+
+    if not seg.is_trained:
+        return None
+    with contextlib.suppress(FrontierError, OSError):
+        folder = autosave_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"cli-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        seg.save(target)
+        return target
+    return None
+
+
+class _keep_model_on_failure:
+    """Training failed (diverged, out of memory): save the last good weights, say so."""
+
+    def __init__(self, seg, output):
+        self.seg, self.output = seg, output
+        self.first_step = seg.step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        from .errors import FrontierError
+        from .training import TrainingDiverged, TrainingOutOfMemory
+
+        if not isinstance(exc, (TrainingDiverged, TrainingOutOfMemory)):
+            return False
+        if self.seg.step <= self.first_step:
+            return False
+        try:
+            _save_or_rescue(self.seg, self.output)
+        except FrontierError as save_exc:
+            raise FrontierError(f"{exc}; saving the last good weights failed: {save_exc}") from exc
+        raise FrontierError(
+            f"{exc}; wrote the last good weights (step {self.seg.step}) to {self.output}"
+        ) from exc
 
 
 def expand_inputs(patterns) -> list[Path]:
@@ -236,9 +296,9 @@ def expand_inputs(patterns) -> list[Path]:
 def _predict(args) -> int:
     from .errors import FrontierError
     from .io import read_image, write_image
-    from .segmenter import Segmenter
+    from .project import load_model
 
-    seg = Segmenter.load(args.model, device=args.device)
+    seg = load_model(args.model, device=args.device)
     if args.threads:
         import torch
 
@@ -328,7 +388,8 @@ def main(argv=None) -> int:
     try:
         return handlers[args.command](args)
     except (FrontierError, _Usage) as exc:
-        print(f"frontier: error: {exc}", file=sys.stderr)
+        # One line, whatever the message holds.
+        print(f"frontier: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("frontier: interrupted", file=sys.stderr)

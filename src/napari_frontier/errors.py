@@ -29,3 +29,7 @@ class CheckpointError(FrontierError):
 
 class FrontierIOError(FrontierError, OSError):
     """A file could not be read or written."""
+
+
+class ProjectError(FrontierError):
+    """A project file is missing, corrupted, newer than this version, or does not fit."""

@@ -10,9 +10,12 @@ and containers only, never arbitrary pickled code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io as _io
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,55 @@ CHECKPOINT_VERSION = 1
 
 def _suffix(path: Path) -> str:
     return path.suffix.lower()
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG", ".png"),
+    (b"II*\x00", "TIFF", ".tif"),
+    (b"MM\x00*", "TIFF", ".tif"),
+    (b"II+\x00", "TIFF", ".tif"),
+    (b"MM\x00+", "TIFF", ".tif"),
+    (b"\xff\xd8\xff", "JPEG", ".jpg"),
+    (b"\x93NUMPY", "NumPy", ".npy"),
+)
+
+
+def sniff_format(path) -> tuple[str, str] | None:
+    """(name, suffix) of the image format the file's first bytes show, or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    for magic, name, suffix in _MAGIC:
+        if head.startswith(magic):
+            return name, suffix
+    return None
+
+
+def check_writable(path) -> Path:
+    """Fail early (before a long computation) if ``path`` cannot be written.
+
+    Creates and removes a temporary file next to ``path``; the file itself is
+    not touched.
+
+    Raises
+    ------
+    FrontierIOError
+        The folder is missing or read-only, the disk is full, or ``path`` is a folder.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"\0")
+            raise _Probe
+    except _Probe:
+        pass
+    return path
+
+
+class _Probe(Exception):
+    """Unwinds :func:`check_writable` before the rename."""
 
 
 def read_image(path) -> np.ndarray:
@@ -46,6 +98,8 @@ def read_image(path) -> np.ndarray:
         raise FrontierIOError(
             f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
         )
+    if path.stat().st_size == 0:
+        raise FrontierIOError(f"{path}: cannot read image: the file is empty")
     try:
         if suffix == ".npy":
             data = np.load(path, allow_pickle=False)
@@ -58,7 +112,14 @@ def read_image(path) -> np.ndarray:
 
             data = iio.imread(path)
     except Exception as exc:  # any decoder failure is the same problem to the user
-        raise FrontierIOError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        found = sniff_format(path)
+        if found is not None and found[1] != {".tiff": ".tif", ".jpeg": ".jpg"}.get(suffix, suffix):
+            raise FrontierIOError(
+                f"{path}: cannot read image: the file is a {found[0]} file named {suffix}; "
+                f"rename it to {path.stem}{found[1]}"
+            ) from exc
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise FrontierIOError(f"{path}: cannot read image ({type(exc).__name__}: {text})") from exc
     data = np.asarray(data)
     if data.dtype == object:
         raise FrontierIOError(f"{path}: does not hold a numeric image")
@@ -92,8 +153,19 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise FrontierIOError(f"{path}: write failed ({exc.strerror or exc})") from exc
+            reason = exc.strerror or str(exc)
+            if exc.errno != errno.ENOSPC and _disk_full(folder):
+                # Some writers report a short write instead of ENOSPC.
+                reason = f"No space left on device ({reason})"
+            raise FrontierIOError(f"{path}: write failed ({reason})") from exc
         raise
+
+
+def _disk_full(folder: Path, margin: int = 1 << 16) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def write_image(path, data: np.ndarray, compression: str | None = "zlib") -> Path:
@@ -149,7 +221,10 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A hand-made pickle gets a protocol warning before being refused.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):

@@ -17,6 +17,8 @@ from .errors import ImageError
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
 _MAX_SAMPLES = 1_000_000
+#: Channels with values beyond this are divided by their peak before normalising.
+_HUGE = 1e150
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ def prepare(
     for c in range(cf.shape[0]):
         channel = cf[c].astype(np.float64)
         samples = channel.ravel()[flat_valid][::stride]
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        if peak > _HUGE:
+            # Differences of values near the float64 limit overflow to inf:
+            # bring the channel into range first (normalisation is scale-free).
+            channel /= peak
+            samples = samples / peak
         lo, hi = np.percentile(samples, percentiles)
         scale = hi - lo
         if not np.isfinite(scale) or scale <= 0:

@@ -77,6 +77,8 @@ class Segmenter:
         self._ema: _WeightAverage | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
+        #: The running training's state (None when not training).
+        self._state: TrainState | None = None
         self.device = select_device(self.train_config.device)
         self.percentiles = DEFAULT_PERCENTILES
 
@@ -158,6 +160,8 @@ class Segmenter:
                 f"{len(images)} images but {len(scribble_list)} scribble images"
             )
         prepared = [self.prepare(im) for im in images]
+        for p in prepared:
+            _check_not_constant(p)
         checked = [
             validate_scribbles(s, self.n_classes, shape=p.shape, require_all_classes=False)
             for p, s in zip(prepared, scribble_list, strict=True)
@@ -176,6 +180,9 @@ class Segmenter:
         sampler = PatchSampler([p.x for p in prepared], train_t, self.n_classes, tc.patch_size, rng)
         holdout = PatchSampler([p.x for p in prepared], hold_t, self.n_classes, tc.patch_size, rng)
         state = TrainState(self.model, self.optimizer, self.device, self.step)
+        if self._ema is not None:
+            state.shadows = [self._ema.module]
+        self._state = state
 
         def on_scribbles(new) -> str:
             new_list = _as_list(new)
@@ -207,6 +214,7 @@ class Segmenter:
             return stop.value
         finally:
             self.step = state.step
+            self._state = None
             gen.close()
 
     def _check_all_classes(self, checked, prepared) -> None:
@@ -286,9 +294,17 @@ class Segmenter:
         """Self-describing checkpoint content (plain types and tensors only)."""
         if self.model is None:
             raise CheckpointError("nothing to save: the model is not trained yet")
+        state, step = self._state, self.step
+        if state is not None and state.good_weights is not None:
+            # Training runs (maybe in another thread): take the consistent
+            # copy made at its last update rather than weights being changed.
+            weights, step = state.good_weights, state.good_step
+            if state.good_shadows:  # the weights that predict (e.g. a weight average)
+                weights = state.good_shadows[0]
+        else:
+            weights = self.predict_model.state_dict()
         return {
-            # The weights that predict (the average, when there is one).
-            "state_dict": {k: v.detach().cpu() for k, v in self.predict_model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().clone() for k, v in weights.items()},
             "model_config": self.model.config.as_dict(),
             "n_classes": self.n_classes,
             "class_names": list(self.class_names),
@@ -297,7 +313,7 @@ class Segmenter:
             "nodata": self.nodata,
             "normalisation": {"method": "percentile", "percentiles": list(self.percentiles)},
             "train_config": dataclasses.asdict(self.train_config),
-            "step": self.step,
+            "step": step,
             "versions": {"napari_frontier": __version__, "torch": str(torch.__version__)},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -332,7 +348,14 @@ class Segmenter:
         except CheckpointError:
             raise
         except Exception as exc:
-            raise CheckpointError(f"{path}: checkpoint does not match this model ({exc})") from exc
+            detail = _first_line(exc)
+            if "size mismatch" in str(exc):
+                detail = (
+                    "its weights have other shapes (another network width, depth or channel count)"
+                )
+            raise CheckpointError(
+                f"{path}: checkpoint does not match this model ({detail})"
+            ) from exc
         seg.model = model.to(seg.device)
         seg.step = int(payload.get("step", 0))
         return seg
@@ -362,6 +385,25 @@ class _WeightAverage:
         torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - d)
         for be, b in zip(self.module.buffers(), model.buffers(), strict=True):
             be.copy_(b)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(":") if text else type(exc).__name__
+
+
+def _check_not_constant(p: Prepared) -> None:
+    """Training needs some contrast: every channel constant over valid pixels is refused."""
+    if p.valid.size < 2:
+        raise ImageError(
+            f"the image has only {p.valid.size} pixel: too small to learn anything from"
+        )
+    x = p.x[:-1][:, p.valid]
+    if x.size and np.all(x.max(axis=1) == x.min(axis=1)):
+        raise ImageError(
+            "every valid pixel of the image has the same value: there is nothing to learn "
+            "from; check that the right image (or channel) is chosen"
+        )
 
 
 def check_image(image) -> None:

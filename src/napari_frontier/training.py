@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,6 +63,24 @@ class TrainingDiverged(FrontierError):
     """The loss became NaN or infinite; the last good weights were restored."""
 
 
+class TrainingOutOfMemory(FrontierError, MemoryError):
+    """Even the smallest batch and patch did not fit in memory."""
+
+
+#: Smallest training patch side tried after running out of memory.
+MIN_PATCH = 16
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the out-of-memory errors of torch (CUDA, MPS, CPU allocator) and Python."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
 @dataclass
 class TrainState:
     """Everything a training run mutates (owned by one thread at a time)."""
@@ -71,6 +89,17 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     device: torch.device
     step: int = 0
+    #: Weights (a private copy) at the last yield: consistent, readable from
+    #: another thread while training runs, and restored after a failed step.
+    good_weights: dict | None = None
+    good_step: int = 0
+    #: Modules that follow the model (e.g. a weight average): snapshotted and
+    #: restored with it; ``good_shadows`` holds their copies.
+    shadows: list = field(default_factory=list)
+    good_shadows: list | None = None
+    #: Batch size and patch side in use (smaller after running out of memory).
+    batch_size: int | None = None
+    patch_size: int | None = None
 
 
 def _holdout_accuracy(model, sampler: PatchSampler, device, batch: int = 8) -> float | None:
@@ -121,6 +150,13 @@ def train_steps(
     loss_avg = acc_avg = float("nan")
     message = ""
     good = copy.deepcopy(model.state_dict())
+    good_step = state.good_step = state.step
+    state.good_weights = good
+    state.good_shadows = [copy.deepcopy(m.state_dict()) for m in state.shadows]
+    batch_size = state.batch_size = state.batch_size or config.batch_size
+    if state.patch_size:
+        sampler.patch_size = state.patch_size
+    state.patch_size = sampler.patch_size
     cw = None
 
     def finished() -> bool:
@@ -150,37 +186,51 @@ def train_steps(
         # predictions in eval mode are wrong early in training.
         for bn in norms:
             bn.momentum = max(0.1, 1.0 / (1 + int(bn.num_batches_tracked)))
-        if config.class_balance:
-            cw = class_balance_weights(sampler.class_counts()).to(device)
-        x, t = sampler.sample(config.batch_size)
-        xb = torch.from_numpy(x).to(device, non_blocking=True)
-        tb = torch.from_numpy(t).to(device, non_blocking=True)
-        if device.type != "cpu":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(xb)
-        loss = masked_cross_entropy(logits, tb, class_weights=cw)
-        if config.smoothness > 0:
-            probs = torch.softmax(logits.float(), dim=1)
-            valid = xb[:, -1] > 0.5
-            loss = loss + config.smoothness * edge_aware_smoothness(
-                probs, xb[:, :-1].float(), config.smoothness_sigma, valid
-            )
-        if not torch.isfinite(loss):
+        try:
+            if config.class_balance:
+                cw = class_balance_weights(sampler.class_counts()).to(device)
+            x, t = sampler.sample(batch_size)
+            xb = torch.from_numpy(x).to(device, non_blocking=True)
+            tb = torch.from_numpy(t).to(device, non_blocking=True)
+            if device.type != "cpu":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xb)
+            loss = masked_cross_entropy(logits, tb, class_weights=cw)
+            if config.smoothness > 0:
+                probs = torch.softmax(logits.float(), dim=1)
+                valid = xb[:, -1] > 0.5
+                loss = loss + config.smoothness * edge_aware_smoothness(
+                    probs, xb[:, :-1].float(), config.smoothness_sigma, valid
+                )
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training diverged at step {state.step} (loss is {loss.item()}); "
+                    "the last good weights were kept. Try a lower learning rate."
+                )
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            state.step += 1
+        except Exception as exc:
+            # A failed step may have left the weights half-updated: go back
+            # to the weights of the last update the user saw.
+            logits = loss = xb = tb = None
+            opt.zero_grad(set_to_none=True)
             model.load_state_dict(good)
-            raise TrainingDiverged(
-                f"training diverged at step {state.step} (loss is {loss.item()}); "
-                "the last good weights were kept. Try a lower learning rate."
-            )
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        state.step += 1
+            for m, saved in zip(state.shadows, state.good_shadows or [], strict=False):
+                m.load_state_dict(saved)
+            state.step = good_step
+            if not is_out_of_memory(exc):
+                raise
+            message = _shrink_after_oom(state, sampler, model, device, exc)
+            batch_size = state.batch_size
+            continue
         with torch.no_grad():
             scored = tb != IGNORE
             acc = (logits.argmax(1)[scored] == tb[scored]).float().mean().item()
@@ -194,6 +244,9 @@ def train_steps(
                 holdout_acc = _holdout_accuracy(model, holdout, device)
                 last_holdout_t = time.perf_counter()
             good = copy.deepcopy(model.state_dict())
+            good_step = state.good_step = state.step
+            state.good_shadows = [copy.deepcopy(m.state_dict()) for m in state.shadows]
+            state.good_weights = good
             incoming = yield update(False)
             message = ""
             last_yield = time.perf_counter()
@@ -205,3 +258,24 @@ def train_steps(
     if incoming is not None and on_scribbles is not None:
         on_scribbles(incoming)
     return final
+
+
+def _shrink_after_oom(state: TrainState, sampler: PatchSampler, model, device, exc) -> str:
+    """Halve the batch (then the patch) after running out of memory; the message says so."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    multiple = getattr(getattr(model, "config", None), "multiple", 1)
+    if state.batch_size > 1:
+        state.batch_size //= 2
+        what = f"batch size {state.batch_size}"
+    elif sampler.patch_size // 2 >= max(MIN_PATCH, multiple):
+        sampler.patch_size //= 2
+        state.patch_size = sampler.patch_size
+        what = f"patches of {sampler.patch_size} px"
+    else:
+        raise TrainingOutOfMemory(
+            f"out of memory even with one patch of {sampler.patch_size} px at step "
+            f"{state.step}; the last good weights were kept. Close other programs, use "
+            "a smaller network (width/depth) or train on the CPU"
+        ) from exc
+    return f"out of memory at step {state.step}: continuing with {what}"

@@ -96,6 +96,7 @@ class TrainingSession:
         self._overlays_at_start = 0
         self._ignore = False
         self._closed = False
+        self._image_shape: tuple = ()
         self._last_warning = ""
         self._timer = QTimer()
         self._timer.setSingleShot(True)
@@ -171,6 +172,8 @@ class TrainingSession:
         self._last_sent = scribbles
         for emitter in self._scribble_events(scribbles_layer):
             emitter.connect(self._on_scribbles_changed)
+        self._image_shape = image.shape
+        image_layer.events.data.connect(self._on_image_changed)
         worker.start()
         self.state_changed.emit(True)
 
@@ -265,11 +268,27 @@ class TrainingSession:
         if self.scribbles_layer is not None:
             for emitter in self._scribble_events(self.scribbles_layer):
                 emitter.disconnect(self._on_scribbles_changed)
+        if self.image_layer is not None:
+            self.image_layer.events.data.disconnect(self._on_image_changed)
         self._last_sent = None
         self.worker = None
         self.mailbox = None
         if not self._closed:
             self.state_changed.emit(False)
+
+    def _on_image_changed(self, event=None) -> None:
+        """The image layer got new data: training on the old copy would mislead."""
+        layer = self.image_layer
+        if not self.is_training or self._ignore or layer is None:
+            return
+        if tuple(np.shape(layer.data)) != tuple(self._image_shape):
+            self.abort()
+            if not self._closed:
+                show_info(
+                    f'napari-frontier: training stopped because "{layer.name}" changed shape '
+                    f"({self._image_shape} to {tuple(np.shape(layer.data))}); "
+                    "paint scribbles of the new size and train again"
+                )
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -319,6 +338,17 @@ class TrainingSession:
         # Keep this session's thread count (the checkpoint has the trainer's).
         seg.train_config = dataclasses.replace(seg.train_config, threads=self.train_config.threads)
         self.segmenter = seg
+        self.prediction = None
+        if preview_layer is not None:
+            self.preview(preview_layer)
+
+    def set_segmenter(self, segmenter, preview_layer=None) -> None:
+        """Use a loaded segmenter (e.g. from a project); predict ``preview_layer`` with it."""
+        self._require_idle("load a model")
+        segmenter.train_config = dataclasses.replace(
+            segmenter.train_config, threads=self.train_config.threads
+        )
+        self.segmenter = segmenter
         self.prediction = None
         if preview_layer is not None:
             self.preview(preview_layer)

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import FrontierError
 from ..labels import IS, IS_NOT
+from . import _projects
 from . import layers as L
 from ._pickers import LayerPicker
 from ._plot import CurvePlot
@@ -80,8 +81,13 @@ class FrontierWidget(QWidget):
         self.viewer = napari_viewer
         self.session = TrainingSession(napari_viewer)
         self._build()
+        self.autosaver = _projects.Autosaver(
+            self.session, lambda: (self.image_picker.layer(), self.scribbles_picker.layer())
+        )
+        self._offered: set[str] = set()
         self._connect()
         self._sync()
+        self._offer_restore()
 
     # -- layout -------------------------------------------------------------
     def _button(self, text: str, tip: str, slot) -> QPushButton:
@@ -150,6 +156,22 @@ class FrontierWidget(QWidget):
         grid.addWidget(QLabel("Apply to"), 2, 0)
         grid.addWidget(self.apply_picker, 2, 1)
         grid.addWidget(self.apply_button, 3, 1)
+        self.save_project_button = self._button(
+            "Save project…",
+            "Save image reference, scribbles, model and settings in one file",
+            self._on_save_project,
+        )
+        self.open_project_button = self._button(
+            "Open project…", "Open a saved project (image, scribbles, model)", self._on_open_project
+        )
+        self.restore_button = self._button(
+            "Restore autosave",
+            "Add the autosaved scribbles of this image as a new layer and load the autosaved model",
+            self._on_restore,
+        )
+        grid.addWidget(self.save_project_button, 4, 0)
+        grid.addWidget(self.open_project_button, 4, 1)
+        grid.addWidget(self.restore_button, 5, 0, 1, 2)
         results = QGroupBox("Results")
         results.setLayout(grid)
 
@@ -178,11 +200,12 @@ class FrontierWidget(QWidget):
         s.updated.connect(self._on_update)
         s.state_changed.connect(self._on_state)
         s.busy_changed.connect(self._sync)
+        self.image_picker.currentIndexChanged.connect(self._offer_restore)
         v.bind_key(KEY_TRAIN, self._key_toggle, overwrite=True)
         v.bind_key(KEY_SWAP, self._key_swap, overwrite=True)
         v.bind_key(KEY_SUGGEST, self._key_suggest, overwrite=True)
-        session = self.session
-        self.destroyed.connect(lambda *_: _teardown(v, session))
+        session, autosaver = self.session, self.autosaver
+        self.destroyed.connect(lambda *_: _teardown(v, session, autosaver))
 
     def _on_layer_inserted(self, event) -> None:
         event.value.events.name.connect(self._refresh_pickers)
@@ -204,8 +227,12 @@ class FrontierWidget(QWidget):
             self.image_picker,
             self.scribbles_picker,
             self.new_button,
+            self.open_project_button,
         ):
             w.setEnabled(idle)
+        self.restore_button.setEnabled(
+            idle and self.autosaver.available(self.image_picker.layer()) is not None
+        )
 
     # -- session signals ------------------------------------------------------
     @staticmethod
@@ -270,6 +297,47 @@ class FrontierWidget(QWidget):
         self.session.load(path, preview_layer=self.image_picker.layer())
         self.plot.clear()
         self.status.setText(f"loaded {path}")
+
+    def save_project(self, path):
+        """Save image reference, scribbles, model and settings to ``path``; returns it."""
+        return _projects.save_project(
+            path, self.session, self.image_picker.layer(), self.scribbles_picker.layer()
+        )
+
+    def open_project(self, path):
+        """Open a project: adds its image and scribbles layers, loads its model."""
+        image, scribbles = _projects.open_project(path, self.viewer, self.session)
+        self.set_layers(image=image, scribbles=scribbles)
+        self.plot.clear()
+        self.status.setText(f"opened {path}")
+        return image, scribbles
+
+    def autosave(self):
+        """Autosave now (scribbles and model of the chosen image); returns the path."""
+        return self.autosaver.autosave()
+
+    def restore_autosave(self):
+        """Add the chosen image's autosaved scribbles as a layer; load the autosaved model."""
+        self.session._require_idle("restore an autosave")
+        image = self.image_picker.layer()
+        layer, seg = self.autosaver.restore(self.viewer, image)
+        self.set_layers(scribbles=layer)
+        if seg is not None:
+            self.session.set_segmenter(seg, preview_layer=image)
+        self.status.setText(f'restored the autosave of "{image.name}"')
+        return layer
+
+    def _offer_restore(self, *_) -> None:
+        image = self.image_picker.layer()
+        found = self.autosaver.available(image)
+        self._sync()
+        if found is None or image.name in self._offered:
+            return
+        self._offered.add(image.name)
+        show_info(
+            f'napari-frontier: scribbles of "{image.name}" were autosaved '
+            f'({found.get("saved_at") or "earlier"}); click "Restore autosave" to get them back'
+        )
 
     def apply_to(self, layer) -> None:
         """Predict another image layer (layer or name) in the background."""
@@ -339,6 +407,26 @@ class FrontierWidget(QWidget):
             self.load_model(path)
 
     @_shows_errors
+    def _on_save_project(self):
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save project", "project.frontier", "napari-frontier project (*.frontier)"
+        )
+        if path:
+            show_info(f"napari-frontier: saved the project to {self.save_project(path)}")
+
+    @_shows_errors
+    def _on_open_project(self):
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open project", "", "napari-frontier project (*.frontier)"
+        )
+        if path:
+            self.open_project(path)
+
+    @_shows_errors
+    def _on_restore(self):
+        self.restore_autosave()
+
+    @_shows_errors
     def _on_apply(self):
         self.apply_to(self.apply_picker.currentText())
 
@@ -367,8 +455,10 @@ def _camera(viewer):
     return scene.camera if scene is not None else viewer.camera
 
 
-def _teardown(viewer, session) -> None:
-    """Runs when the widget is destroyed: stop the worker, free the keys."""
+def _teardown(viewer, session, autosaver=None) -> None:
+    """Runs when the widget is destroyed: stop the worker and the autosave timer, free the keys."""
+    if autosaver is not None:
+        autosaver.timer.stop()
     session.close()
     for key in (KEY_TRAIN, KEY_SWAP, KEY_SUGGEST):
         with contextlib.suppress(KeyError, ValueError, RuntimeError):

@@ -1,0 +1,174 @@
+"""Soak test: live training in a real napari viewer for minutes; memory and UI stalls.
+
+Opens the nuclei sample with the Scribble trainer, trains live, and every few
+seconds paints or erases a stroke (sent to the trainer) and pans/zooms the
+camera (new live overlays), with the widget's autosave running. A 10 ms
+QTimer heartbeat measures how long the event loop was blocked. Prints RSS at
+start, after the warm-up and at the end, the growth rate after the warm-up,
+and the longest stalls.
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/soak.py --minutes 10
+
+A benchmark, not a test: it asserts nothing; numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="how long to train")
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline RSS")
+    ap.add_argument("--stroke-every", type=float, default=3.0, help="seconds between strokes")
+    ap.add_argument("--camera-every", type=float, default=7.0, help="seconds between pans")
+    ap.add_argument("--autosave-every", type=float, default=60.0, help="autosave period (s)")
+    args = ap.parse_args(argv)
+
+    tmp = tempfile.mkdtemp(prefix="frontier-soak-")
+    for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+        os.makedirs(os.path.join(tmp, var.lower()), mode=0o700, exist_ok=True)
+        os.environ[var] = os.path.join(tmp, var.lower())
+    os.environ.setdefault("NAPARI_CONFIG", os.path.join(tmp, "napari.yaml"))
+    os.environ.setdefault("MESA_SHADER_CACHE_DISABLE", "true")
+
+    import psutil
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    import napari
+    from napari_frontier._napari._loop import warmed_up
+
+    proc = psutil.Process()
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-frontier", "nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
+    widget.autosaver.set_interval(int(args.autosave_every * 1000))
+    scribbles = viewer.layers["scribbles"]
+    original = scribbles.data.copy()
+    h, w = original.shape
+    rng = np.random.default_rng(0)
+    app = QApplication.instance()
+    while not warmed_up.wait(0.05):
+        app.processEvents()
+
+    ticks: list[float] = []
+    rss: list[tuple[float, float]] = []
+    strokes = {"painted": 0, "erased": 0}
+    t0 = time.perf_counter()
+
+    def tick():
+        ticks.append(time.perf_counter())
+
+    def sample_rss():
+        rss.append((time.perf_counter() - t0, proc.memory_info().rss / 2**20))
+
+    def stroke():
+        # Paint a short stroke near the existing ones, or erase back to the
+        # original scribbles so the painted area stays bounded.
+        if rng.random() < 0.25:
+            scribbles.data = original.copy()
+            strokes["erased"] += 1
+            return
+        label = int(rng.integers(1, 3))
+        y, x = int(rng.integers(20, h - 20)), int(rng.integers(20, w - 60))
+        scribbles.brush_size = 5
+        for dx in range(0, 40, 2):
+            scribbles.paint((y, x + dx), label, refresh=False)
+        scribbles.refresh()
+        strokes["painted"] += 1
+
+    def camera():
+        cam = viewer.camera
+        cam.center = (float(rng.uniform(0, h)), float(rng.uniform(0, w)))
+        cam.zoom = float(rng.uniform(0.5, 3.0))
+
+    timers = []
+    for interval, fn in (
+        (10, tick),
+        (1000, sample_rss),
+        (args.stroke_every * 1000, stroke),
+        (args.camera_every * 1000, camera),
+    ):
+        t = QTimer()
+        t.setInterval(int(interval))
+        t.timeout.connect(fn)
+        t.start()
+        timers.append(t)
+
+    sample_rss()
+    widget.start()
+    end_at = args.minutes * 60
+
+    def finish():
+        for t in timers[2:]:
+            t.stop()
+        widget.stop()
+
+        def wait_stopped():
+            if widget.is_training:
+                QTimer.singleShot(100, wait_stopped)
+            else:
+                sample_rss()
+                app.quit()
+
+        wait_stopped()
+
+    QTimer.singleShot(int(end_at * 1000), finish)
+    app.exec()
+    for t in timers:
+        t.stop()
+
+    session = widget.session
+    gaps = np.diff(ticks)
+    tick_t = np.asarray(ticks[:-1]) - t0
+    after = gaps[tick_t >= args.warmup]
+    times = np.array([t for t, _ in rss])
+    mem = np.array([m for _, m in rss])
+    start_mb = mem[0]
+    warm_mb = mem[np.searchsorted(times, args.warmup)] if times[-1] > args.warmup else mem[-1]
+    late = times >= args.warmup
+    slope = np.polyfit(times[late] / 60, mem[late], 1)[0] if late.sum() > 10 else float("nan")
+    worst = np.argsort(gaps)[::-1][:5]
+    lat = np.asarray(session.stroke_latencies)
+    print(f"soak: {args.minutes:g} min of live training in napari (nuclei sample, default model)")
+    print(f"load average at the end: {os.getloadavg()}; cpu count {os.cpu_count()}")
+    print(
+        f"training steps: {session.history[-1].step if session.history else 0}; "
+        f"overlays shown: {session.overlay_count}; strokes painted {strokes['painted']}, "
+        f"erased {strokes['erased']}; scribble updates received by the trainer: "
+        f"{session.scribbles_received}; autosaves: {widget.autosaver.count}"
+    )
+    if lat.size:
+        print(
+            f"stroke -> overlay latency: median {np.median(lat):.2f} s, "
+            f"p95 {np.percentile(lat, 95):.2f} s, max {lat.max():.2f} s"
+        )
+    print(
+        f"RSS: start {start_mb:.0f} MiB, after warm-up ({args.warmup:g} s) {warm_mb:.0f} MiB, "
+        f"end {mem[-1]:.0f} MiB, peak {mem.max():.0f} MiB; growth after warm-up "
+        f"{mem[-1] - warm_mb:+.0f} MiB ({slope:+.2f} MiB/min fitted)"
+    )
+    print(
+        f"event loop (10 ms heartbeat, {len(gaps)} ticks): longest stall {gaps.max() * 1000:.0f} ms "
+        f"at t={tick_t[gaps.argmax()]:.0f} s; longest after warm-up {after.max() * 1000:.0f} ms; "
+        f"p99 {np.percentile(gaps, 99) * 1000:.0f} ms; median {np.median(gaps) * 1000:.0f} ms; "
+        f"stalls > 250 ms: {(gaps > 0.25).sum()}"
+    )
+    print(
+        "five longest stalls: "
+        + ", ".join(f"{gaps[i] * 1000:.0f} ms @ {tick_t[i]:.0f} s" for i in worst)
+    )
+    # app.quit() has closed the window already.
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
