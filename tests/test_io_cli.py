@@ -186,7 +186,8 @@ def test_cli_export_program_matches_model(tmp_path, trained):
     seg.save(tmp_path / "m.pt")
     assert cli.main(["export", str(tmp_path / "m.pt"), "-o", str(tmp_path / "m.pt2")]) == 0
     exported = torch.export.load(str(tmp_path / "m.pt2")).module()
-    x = torch.from_numpy(seg.prepare(image[:96, :88]).x[None])
-    seg.model.eval()
+    m = seg.model.config.multiple
+    x = torch.from_numpy(seg.prepare(image[: 6 * m, : 5 * m]).x[None])  # any multiple of m
+    model = seg.predict_model.eval()  # the checkpoint holds the predicting weights
     with torch.no_grad():
-        np.testing.assert_allclose(exported(x).numpy(), seg.model(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(exported(x).numpy(), model(x).numpy(), atol=1e-4)
