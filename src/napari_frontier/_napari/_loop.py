@@ -10,6 +10,7 @@ in the plugin.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Generator
@@ -48,6 +49,10 @@ SHOW_SHARE = 4
 #: Except that new strokes are shown this soon after they reach the trainer,
 #: so painting gets quick feedback.
 STROKE_FEEDBACK_SECONDS = 0.5
+#: Torch threads for live predictions on the CPU (training keeps its own
+#: setting, one thread by default: small steps on two threads beside Qt were
+#: erratic; one large forward pass uses two well).
+PREVIEW_THREADS = min(2, os.cpu_count() or 1)
 
 
 class Mailbox:
@@ -240,6 +245,19 @@ class _Predictor:
             return 0, h, 0, w
         return r
 
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        seg = self.seg
+        if seg.device.type != "cpu" or torch.get_num_threads() == PREVIEW_THREADS:
+            return predict_probabilities(seg.predict_model, x, seg.device)
+        before = torch.get_num_threads()
+        torch.set_num_threads(PREVIEW_THREADS)
+        try:
+            return predict_probabilities(seg.predict_model, x, seg.device)
+        finally:
+            torch.set_num_threads(before)
+
     def run(self, view, step: int, version: int, whole: bool = False) -> Overlay:
         t0 = time.perf_counter()
         p = self.prepared
@@ -247,7 +265,7 @@ class _Predictor:
         r0, r1, c0, c1 = self._choose(view, whole)
         halo = self.seg.model.config.halo
         g0, g1, h0, h1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
-        probs = predict_probabilities(self.seg.predict_model, p.x[:, g0:g1, h0:h1], self.seg.device)
+        probs = self._predict(p.x[:, g0:g1, h0:h1])
         core = probs[:, r0 - g0 : r1 - g0, c0 - h0 : c1 - h0]
         invalid = ~p.valid[r0:r1, c0:c1]
         core[:, invalid] = np.nan
