@@ -78,11 +78,8 @@ class Layout:
         """Indices of all 2D slices, in C order (``[()]`` for a 2D image)."""
         return iter(np.ndindex(*self.lead_shape))
 
-    def read(self, image, index: tuple[int, ...] = (), region=None) -> np.ndarray:
-        """Read one slice (or a ``(slice_y, slice_x)`` region of it) as ``(C, h, w)``.
-
-        Only that part of the image is read from a lazy array.
-        """
+    def key(self, index: tuple[int, ...] = (), region=None) -> tuple:
+        """The indexing key of one slice (or region of it), all channels included."""
         index = tuple(int(i) for i in index)
         if len(index) != len(self.lead_shape):
             raise ImageError(
@@ -90,10 +87,13 @@ class Layout:
             )
         ry, rx = region if region is not None else (slice(None), slice(None))
         spatial = [*index, ry, rx]
-        key = []
-        for a in range(self.ndim):
-            key.append(slice(None) if a == self.channel_axis else spatial.pop(0))
-        data = np.asarray(image[tuple(key)])
+        return tuple(
+            slice(None) if a == self.channel_axis else spatial.pop(0) for a in range(self.ndim)
+        )
+
+    def arrange(self, data) -> np.ndarray:
+        """``image[key]`` as ``(C, h, w)``: channels first, selected channels only."""
+        data = np.asarray(data)
         if self.channel_axis is None:
             data = data[None]
         else:
@@ -103,6 +103,13 @@ class Layout:
         if self.channels is not None:
             data = data[list(self.channels)]
         return data
+
+    def read(self, image, index: tuple[int, ...] = (), region=None) -> np.ndarray:
+        """Read one slice (or a ``(slice_y, slice_x)`` region of it) as ``(C, h, w)``.
+
+        Only that part of the image is read from a lazy array.
+        """
+        return self.arrange(image[self.key(index, region)])
 
     def _lead_axes(self) -> list[int]:
         axes = [a for a in range(self.ndim) if a != self.channel_axis]
@@ -302,14 +309,35 @@ def predict_region(
     Reads only the region plus its halo of context; equals the same region of
     a whole-image prediction within float rounding.
     """
-    from .inference import predict_probabilities
-
     cfg = model.config
     halo = _round_up(cfg.halo if halo is None else halo, cfg.multiple)
     if region is None:
         region = (slice(None), slice(None))
     window, inner = region_window(region, layout.yx, cfg.multiple, halo)
-    p = prepare_slice(image, layout, stats, index, window, nodata)
+    cf = layout.read(image, index, window)
+    return predict_window(model, device, cf, inner, stats, nodata, tile, halo, batch_size)
+
+
+def predict_window(
+    model,
+    device,
+    cf: np.ndarray,
+    inner: tuple[slice, slice],
+    stats: NormStats,
+    nodata: float | None = None,
+    tile: int = 512,
+    halo: int = 0,
+    batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the ``inner`` part of a window read by :func:`region_window`."""
+    from .inference import predict_probabilities
+
+    p = normalise(cf, stats, nodata)
+    # spread the window over whole tiles (it is a little larger than the region)
+    m = model.config.multiple
+    h, w = p.shape
+    n = max(1, round(max(h, w) / tile))
+    tile = _round_up(-(-max(h, w) // n), m)
     probs = predict_probabilities(model, p.x, device, tile=tile, halo=halo, batch_size=batch_size)
     probs = np.ascontiguousarray(probs[(slice(None), *inner)])
     valid = np.ascontiguousarray(p.valid[inner])
