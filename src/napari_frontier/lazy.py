@@ -377,9 +377,10 @@ def _run(tasks, scheduler, progress, workers: int | None):
                     if progress is not None:
                         progress(done[0], total)
 
+        # one block at a time by default: torch already uses every core per block
         kw = {"scheduler": "sync"} if scheduler == "sync" else {"scheduler": "threads"}
-        if workers and scheduler != "sync":
-            kw["num_workers"] = workers
+        if scheduler != "sync":
+            kw["num_workers"] = workers or 1
         with _Progress():
             return dask.compute(*tasks, **kw)
     from distributed import as_completed
@@ -432,7 +433,8 @@ def predict_to_zarr(
     stats
         Normalisation statistics; default: from the whole image, read band by band.
     scheduler
-        None or ``"threads"``: threads in this process (``workers`` of them);
+        None or ``"threads"``: threads in this process (``workers`` of them, default 1,
+        as torch uses every core for each block);
         ``"sync"``: one thread; an address or a ``distributed.Client``: that cluster.
     progress
         Called as ``progress(done, total)`` after each block.
