@@ -150,6 +150,40 @@ def _prepare_folders(items) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def write_array(path, data) -> Path:
+    """Write an in-memory result atomically: a Zarr store for ``*.zarr``, else :func:`write_image`."""
+    import shutil
+
+    import numpy as np
+
+    from .io import write_image
+
+    path = Path(path)
+    if not _zarr_name(path):
+        return write_image(path, data)
+    import zarr
+
+    from .lazy import _create_array, _finish, _part
+
+    tmp = _part(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        chunks = (*(1,) * (data.ndim - 2), *(min(2048, s) for s in data.shape[-2:]))
+        fill = np.nan if data.dtype.kind == "f" else 0
+        target = _create_array(
+            tmp, data.shape, chunks, data.dtype, fill, {"source": "napari-frontier"},
+            path.name.lower().endswith(".ome.zarr"), False,
+        )  # fmt: skip
+        zarr.open_array(target, mode="r+")[...] = data
+        _finish(tmp, path)
+    except OSError as exc:
+        raise FrontierIOError(f"{path}: write failed ({exc})") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def _write_from_zarr(zpath: Path, target: Path) -> None:
     """Move or convert a finished Zarr output to the requested format."""
     import os
@@ -176,7 +210,7 @@ def _predict_item(seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_b
     """Predict one input to its outputs."""
     import shutil
 
-    from .io import read_image, write_image
+    from .io import read_image
     from .lazy import open_lazy, predict_to_zarr
 
     if it.lazy:
@@ -188,9 +222,9 @@ def _predict_item(seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_b
         image = read_image(it.source)
     if not it.lazy and scheduler is None:
         pred = seg.predict(image, tile=tile)
-        write_image(it.mask, pred.mask(fmt))
+        write_array(it.mask, pred.mask(fmt))
         if it.probabilities is not None:
-            write_image(it.probabilities, pred.probabilities.astype("float32"))
+            write_array(it.probabilities, pred.probabilities.astype("float32"))
         return
 
     # block path: Zarr as it goes, converted at the end when a TIFF is asked for
