@@ -48,7 +48,7 @@ def make_input(path: Path, size: int, chunk: int) -> None:
         z[y0 : y0 + len(ys)] = pattern(ys, xs)
 
 
-def train(path: Path, steps: int) -> None:
+def train(path: Path, steps: int, device: str) -> None:
     from napari_frontier.segmenter import Segmenter
     from napari_frontier.training import TrainConfig
 
@@ -59,7 +59,7 @@ def train(path: Path, steps: int) -> None:
     scribbles = np.zeros(image.shape, np.uint8)
     scribbles[d2 < 6**2] = 1
     scribbles[(yy % 64 < 2) | (xx % 64 < 2)] = 2
-    seg = Segmenter(train_config=TrainConfig(seed=0, device="cpu"))
+    seg = Segmenter(train_config=TrainConfig(seed=0, device=device))
     seg.fit(image, scribbles, steps=steps)
     seg.save(path)
 
@@ -74,7 +74,7 @@ def predict_phase(args) -> None:
     from napari_frontier.segmenter import Segmenter
 
     t0 = time.perf_counter()
-    seg = Segmenter.load(args.model, device="cpu")
+    seg = Segmenter.load(args.model, device=args.device)
     image = open_lazy(args.input).array
     client = cluster = None
     threads = None
@@ -168,6 +168,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=2048, help="prediction block side")
     p.add_argument("--workers", type=int, default=2, help="cluster workers (0: skip the cluster)")
     p.add_argument("--steps", type=int, default=30, help="training steps of the model")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--dir", default=None, help="working folder (default: a temporary one)")
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -184,13 +185,14 @@ def main() -> None:
     mpx = args.size**2 / 1e6
     print(
         f"image {args.size} x {args.size} uint8 ({mpx:.0f} Mpx), chunks {args.chunk}, "
-        f"blocks {args.block}; {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        f"blocks {args.block}; {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"device {args.device}; "
         f"load average {os.getloadavg()[0]:.2f} at the start; folder {work}"
     )
     t = time.perf_counter()
     make_input(work / "in.zarr", args.size, args.chunk)
     print(f"generated the input chunk by chunk in {time.perf_counter() - t:.1f} s")
-    train(work / "model.pt", args.steps)
+    train(work / "model.pt", args.steps, args.device)
     runs = [("one process", 0)] + (
         [(f"local cluster, {args.workers} workers", args.workers)] if args.workers else []
     )
@@ -199,7 +201,7 @@ def main() -> None:
         out = work / f"mask-{workers}.zarr"
         cmd = [sys.executable, __file__, "--phase", "predict", "--model", str(work / "model.pt"),
                "--input", str(work / "in.zarr"), "--out", str(out), "--block", str(args.block),
-               "--workers", str(workers)]  # fmt: skip
+               "--workers", str(workers), "--device", args.device]  # fmt: skip
         info, wall, tree, main_rss = run_measured(cmd)
         outs.append(out)
         print(
