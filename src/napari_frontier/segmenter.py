@@ -480,9 +480,13 @@ class Segmenter:
         return seg
 
 
-def check_image(image) -> None:
-    """Raise :class:`ImageError` early for an image the engine cannot use."""
-    prepare(image)
+def check_image(image, channel_axis: int | None = None) -> None:
+    """Raise :class:`ImageError` early for an image the engine cannot use (any N-D layout)."""
+    layout = make_layout(image, channel_axis)
+    if isinstance(image, np.ndarray):
+        compute_stats(image, layout)  # dtype, and at least one valid pixel
+    elif np.dtype(getattr(image, "dtype", np.float32)).kind not in "biuf":
+        raise ImageError(f"unsupported image dtype {image.dtype}")
 
 
 __all__ = ["ImageError", "Segmenter", "SliceUpdate", "check_image"]
