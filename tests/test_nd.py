@@ -193,3 +193,40 @@ def test_sampler_weights_images_by_painted_pixels():
     x, _ = s.sample(300, augment=False)
     from_few = int((x[:, 0].mean(axis=(1, 2)) < 0.5).sum())
     assert from_few < 15  # about 1 %, not the 50 % of a uniform choice of image
+
+
+def test_choose_level_for_screen_resolution():
+    from napari_frontier.nd import choose_level
+
+    shapes = [(3, 8000, 6000), (3, 4000, 3000), (3, 2000, 1500)]
+    assert choose_level(shapes, (slice(0, 500), slice(0, 500)), 10**6) == (
+        0,
+        (slice(0, 500), slice(0, 500)),
+    )
+    level, region = choose_level(shapes, (slice(1000, 5000), slice(0, 6000)), 2 * 10**6)
+    assert level == 2 and region == (slice(250, 1250), slice(0, 1500))
+
+
+def test_cli_trains_on_a_multichannel_stack(tmp_path, stack, capsys):
+    import json
+
+    from napari_frontier import cli
+    from napari_frontier.io import write_image
+
+    image, scribbles, truth = stack
+    zcyx = np.stack([image, 255 - image], axis=1)  # (Z, C, Y, X)
+    write_image(tmp_path / "s.tif", zcyx)
+    write_image(tmp_path / "scr.tif", scribbles)
+    argv = ["train", tmp_path / "s.tif", "-s", tmp_path / "scr.tif", "-o", tmp_path / "m.pt"]
+    argv += ["--steps", "40", "--channel-axis", "1", "--channels", "1", "--width", "8", "-q"]
+    assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert cli.main(["info", str(tmp_path / "m.pt")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["channel_axis"], info["channel_selection"], info["channels"]) == (1, [1], 1)
+    argv = ["predict", tmp_path / "m.pt", tmp_path / "s.tif", "-o", tmp_path / "mask.tif", "-q"]
+    assert cli.main([str(a) for a in argv]) == 0
+    from napari_frontier.io import read_image
+
+    mask = read_image(tmp_path / "mask.tif")
+    assert mask.shape == truth.shape
+    assert ((mask == 255) == truth).mean() > 0.8  # 40 steps of a small model

@@ -289,7 +289,10 @@ def _block_task(ref, source, read, layout, stats, nodata, index, region, tile, h
     window, inner = region_window(region, layout.yx, model.config.multiple, halo)
     # a dask input arrives as the window the graph has read; others are read here
     cf = layout.read(source, index, window) if read else layout.arrange(source)
-    probs, valid = predict_window(model, seg.device, cf, inner, stats, nodata, tile, halo)
+    # One tile per forward pass on the CPU: batching gains little there and
+    # would multiply the peak memory (the activations of a tile dominate it).
+    batch = 4 if seg.device.type == "cuda" else 1
+    probs, valid = predict_window(model, seg.device, cf, inner, stats, nodata, tile, halo, batch)
     if targets is None:
         return probs, valid
     where = (*index, *region)

@@ -343,3 +343,28 @@ def predict_window(
     valid = np.ascontiguousarray(p.valid[inner])
     probs[:, ~valid] = np.nan
     return probs, valid
+
+
+def choose_level(
+    shapes: Sequence[tuple[int, ...]],
+    region: tuple[slice, slice],
+    max_pixels: int = 1024 * 1024,
+) -> tuple[int, tuple[slice, slice]]:
+    """Pick the finest level of a multiscale pyramid at which ``region`` has few pixels.
+
+    For a live preview "at screen resolution": ``shapes`` are the levels'
+    ``(..., Y, X)`` shapes (level 0 the finest), ``region`` is the visible
+    part in level-0 pixels. Returns the level and the region in its pixels.
+    """
+    h0, w0 = shapes[0][-2], shapes[0][-1]
+    for level, shape in enumerate(shapes):
+        fy, fx = shape[-2] / h0, shape[-1] / w0
+        (a, b, _), (c, d, _) = region[0].indices(h0), region[1].indices(w0)
+        scaled = (
+            slice(int(a * fy), max(int(a * fy) + 1, int(np.ceil(b * fy)))),
+            slice(int(c * fx), max(int(c * fx) + 1, int(np.ceil(d * fx)))),
+        )
+        n = (scaled[0].stop - scaled[0].start) * (scaled[1].stop - scaled[1].start)
+        if n <= max_pixels or level == len(shapes) - 1:
+            return level, scaled
+    raise ValueError("no levels given")
