@@ -438,7 +438,9 @@ def predict_to_zarr(
     scheduler
         None or ``"threads"``: threads in this process (``workers`` of them, default 1,
         as torch uses every core for each block);
-        ``"sync"``: one thread; an address or a ``distributed.Client``: that cluster.
+        ``"sync"``: one thread; an address or a ``distributed.Client``: that cluster
+        (whose workers must see the input and output paths: a local cluster, or
+        a shared file system).
     progress
         Called as ``progress(done, total)`` after each block.
 

@@ -198,8 +198,9 @@ def compute_stats(
 ) -> NormStats:
     """Percentile normalisation statistics over the whole image, read band by band.
 
-    For a 2D image of fewer than ``4 * max_samples`` pixels this gives
-    exactly what :func:`~napari_frontier.preprocess.prepare` uses. Larger images are subsampled on a regular grid (at
+    For a 2D numpy image this gives exactly what
+    :func:`~napari_frontier.preprocess.prepare` uses (so do lazy 2D images
+    under ``4 * max_samples`` pixels). Larger images are subsampled on a regular grid (at
     most ``max_samples`` pixels per channel, from at most 64 evenly spaced
     slices), so a huge or lazy image is read once, a band at a time.
     """
@@ -209,8 +210,11 @@ def compute_stats(
     if len(indices) > 64:
         indices = [indices[i] for i in np.linspace(0, len(indices) - 1, 64).round().astype(int)]
     total = len(indices) * h * w
-    # grid stride per axis: 1 (every pixel) below 4x the budget
+    # grid stride per axis: 1 (every pixel) below 4x the budget, and for a 2D
+    # image in memory (then exactly the samples of ``prepare``)
     s = max(1, int(np.sqrt(total / max_samples)))
+    if isinstance(image, np.ndarray) and not layout.lead_shape:
+        s = 1
     chunks = []
     for idx in indices:
         for band in _bands(layout, s):
