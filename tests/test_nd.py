@@ -68,7 +68,9 @@ def test_layouts_follow_napari_conventions():
         make_layout(np.zeros((4, 5, 3)), channels=[3])
 
 
-@pytest.mark.parametrize("shape, axis", [((40, 50), None), ((40, 50, 3), None), ((2, 40, 50), 0)])
+@pytest.mark.parametrize(
+    "shape, axis", [((40, 50), None), ((40, 50, 3), None), ((2, 40, 50), 0), ((2300, 2000), None)]
+)
 def test_slice_normalisation_equals_2d_prepare(shape, axis):
     image = np.random.default_rng(0).gamma(2.0, 30.0, shape).astype(np.float32)
     image.flat[77] = np.nan
