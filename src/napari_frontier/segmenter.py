@@ -182,7 +182,11 @@ class Segmenter:
         """A generator that trains and yields :class:`TrainUpdate` a few times a second.
 
         ``image`` and ``scribbles`` may be lists (one model over several
-        images). Send new scribbles (same form) into the generator to
+        images). An image may be a stack or time series (slice axes before
+        Y, X; scribbles of the image's shape without channels): one 2D model
+        is trained over the slices that carry strokes, the only ones read and
+        normalised (with whole-stack statistics), so a Zarr or dask stack is
+        never loaded whole. Send new scribbles (same form) into the generator to
         continue on them without restarting; close it to stop. A later call
         continues from the current weights.
         """
