@@ -220,7 +220,8 @@ def test_cli_trains_on_a_multichannel_stack(tmp_path, stack, capsys):
     write_image(tmp_path / "s.tif", zcyx)
     write_image(tmp_path / "scr.tif", scribbles)
     argv = ["train", tmp_path / "s.tif", "-s", tmp_path / "scr.tif", "-o", tmp_path / "m.pt"]
-    argv += ["--steps", "40", "--channel-axis", "1", "--channels", "1", "--width", "8", "-q"]
+    argv += ["--steps", "100", "--threads", "1", "--channel-axis", "1", "--channels", "1"]
+    argv += ["--width", "8", "-q"]
     assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
     assert cli.main(["info", str(tmp_path / "m.pt")]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -231,4 +232,4 @@ def test_cli_trains_on_a_multichannel_stack(tmp_path, stack, capsys):
 
     mask = read_image(tmp_path / "mask.tif")
     assert mask.shape == truth.shape
-    assert ((mask == 255) == truth).mean() > 0.8  # 40 steps of a small model
+    assert ((mask == 255) == truth).mean() > 0.85
