@@ -7,7 +7,6 @@ stderr and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
 
@@ -17,6 +16,18 @@ EXIT_INTERRUPTED = 130
 _EPILOG = """\
 scribbles: an image of the same height and width as IMAGE, 0 = void (not
 painted, ignored), 1 = "is", 2 = "is not" (or 1..K for K classes).
+"""
+
+
+_PREDICT_EPILOG = """\
+Stacks and time series (Z/T, Y, X) are predicted slice by slice; masks keep
+the image's shape without the channel axis. Zarr / OME-Zarr stores and TIFFs
+over 64 Mpx are never loaded whole: they are predicted block by block (with
+the model's halo of context) and written to Zarr as they go (a .tif output is
+a tiled TIFF). In a folder, Zarr inputs give Zarr outputs, others .tif.
+Outputs are written atomically: an existing output is finished, and running
+the same command again resumes an interrupted batch (--overwrite redoes it).
+Unreadable inputs are reported and skipped (exit status 1 at the end).
 """
 
 
@@ -65,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="continue training from this checkpoint",
     )
     _common(t)
+    _channels(t, axis=False)
     t.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are reproducible)")
     t.add_argument(
         "--width", type=int, default=None, help="network width (channels at full resolution)"
@@ -82,14 +94,21 @@ def _parser() -> argparse.ArgumentParser:
         help="share of strokes held out to measure accuracy (0 to use all)",
     )
 
-    q = sub.add_parser("predict", help="predict masks of one or many images with a trained model")
+    q = sub.add_parser(
+        "predict",
+        help="predict masks of one or many images (files, folders, globs, Zarr stores)",
+        epilog=_PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     q.add_argument("model", help="checkpoint written by 'frontier train'")
-    q.add_argument("image", nargs="+", help="image file(s), folders or glob patterns")
+    q.add_argument(
+        "image", nargs="+", help="image file(s), folders, glob patterns or Zarr / OME-Zarr stores"
+    )
     q.add_argument(
         "-o",
         "--output",
         required=True,
-        help="output mask file; a folder when several images are given",
+        help="output mask (.tif, .png, .npy, .zarr, .ome.zarr); a folder when several images are given",
     )
     q.add_argument(
         "--format",
@@ -101,9 +120,34 @@ def _parser() -> argparse.ArgumentParser:
         "--probabilities",
         default=None,
         metavar="PATH",
-        help="also write P(class) as float32 TIFF (a folder with several images)",
+        help="also write P(class) as float32 (K, ...) TIFF or Zarr (a folder with several images)",
     )
     q.add_argument("--tile", type=int, default=1024, help="tile side for sliding-window prediction")
+    q.add_argument(
+        "--block",
+        type=int,
+        default=2048,
+        help="block (and Zarr chunk) side for images predicted block by block (default 2048)",
+    )
+    q.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo images whose outputs exist (default: skip them, so a batch can be resumed)",
+    )
+    q.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing dask.distributed cluster (e.g. tcp://host:8786)",
+    )
+    q.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start a local dask cluster of N worker processes for the prediction",
+    )
+    _channels(q)
     _common(q, nodata=False)
 
     e = sub.add_parser(
@@ -116,6 +160,32 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show what a checkpoint holds")
     i.add_argument("model", help="checkpoint file")
     return p
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of channel numbers"
+        ) from None
+
+
+def _channels(p, axis: bool = True) -> None:
+    if axis:
+        p.add_argument(
+            "--channel-axis",
+            type=int,
+            default=None,
+            help="axis of channels in the images (default: the model's, or OME-Zarr metadata)",
+        )
+    p.add_argument(
+        "--channels",
+        type=_int_list,
+        default=None,
+        metavar="I,J,...",
+        help="use only these channels (0-based, along the channel axis)",
+    )
 
 
 def _common(p, nodata: bool = True) -> None:
@@ -186,6 +256,7 @@ def _train(args) -> int:
             nodata=args.nodata,
             train_config=tc,
             model_config=model_cfg,
+            channels=args.channels,
         )
     total = args.steps if args.steps is not None else args.seconds
     unit = "step" if args.steps is not None else "s"
@@ -273,29 +344,42 @@ class _keep_model_on_failure:
 
 
 def expand_inputs(patterns) -> list[Path]:
-    """Files named by paths, folders (their images) and glob patterns, in order, without duplicates."""
-    from .io import IMAGE_SUFFIXES
+    """Files and Zarr stores named by paths, folders and globs (see :mod:`.batch`)."""
+    from .batch import expand_inputs as _expand
 
-    out: list[Path] = []
-    for pat in patterns:
-        p = Path(pat)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in pat for ch in "*?["):
-            out += sorted(Path(q) for q in glob.glob(pat, recursive=True))
-        else:
-            out.append(p)
-    seen, unique = set(), []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    return unique
+    return _expand(patterns)
+
+
+def _cluster(args):
+    """A dask.distributed client for --scheduler / --workers (None: this process)."""
+    if args.scheduler is None and args.workers is None:
+        return None, None
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise _Usage(
+            "--scheduler / --workers need dask.distributed: pip install 'napari-frontier[cluster]'"
+        ) from None
+    if args.scheduler is not None:
+        try:
+            return Client(args.scheduler, timeout="20s"), None
+        except OSError as exc:
+            raise _Usage(f"cannot reach the dask scheduler at {args.scheduler} ({exc})") from exc
+    if args.workers < 1:
+        raise _Usage("--workers must be at least 1")
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+    )
+    return Client(cluster), cluster
 
 
 def _predict(args) -> int:
-    from .errors import FrontierError
-    from .io import read_image, write_image
+    import os
+
+    from .batch import plan_batch, run_batch
     from .project import load_model
 
     seg = load_model(args.model, device=args.device)
@@ -303,37 +387,59 @@ def _predict(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    inputs = expand_inputs(args.image)
-    if not inputs:
-        raise _Usage("no input image found")
-    many = len(inputs) > 1 or Path(args.output).is_dir()
-    out = Path(args.output)
-    if many:
-        out.mkdir(parents=True, exist_ok=True)
-        suffix = ".tif"
-    failures = 0
-    bar = _progress(len(inputs), "predicting", args.quiet or len(inputs) == 1, "image")
-    with bar:
-        for path in inputs:
-            try:
-                image = read_image(path)
-                pred = seg.predict(image, tile=args.tile)
-                target = out / (path.stem + suffix) if many else out
-                write_image(target, pred.mask(args.format))
-                if args.probabilities:
-                    pp = Path(args.probabilities)
-                    if many:
-                        pp.mkdir(parents=True, exist_ok=True)
-                        pp = pp / (path.stem + "_probabilities.tif")
-                    write_image(pp, pred.probabilities.astype("float32"))
-            except FrontierError as exc:
-                if not many:
-                    raise
-                failures += 1
-                print(f"frontier: skipped {path}: {exc}", file=sys.stderr)
-            bar.update(1)
+    if args.channel_axis is not None:
+        seg.channel_axis = args.channel_axis
+    if args.channels is not None:
+        seg.channels = tuple(args.channels)
+    items = plan_batch(args.image, args.output, args.probabilities)
+    many = len(items) > 1
+    client, cluster = _cluster(args)
+    if client is not None and not args.quiet:
+        print(f"frontier: predicting on dask cluster {client.scheduler.address}", file=sys.stderr)
+    failures, skipped = 0, 0
+    bar = _progress(len(items), "predicting", args.quiet, "image")
+
+    def on_block(item, done, total):
+        bar.set_postfix_str(f"{item.source.name}: block {done}/{total}", refresh=True)
+
+    try:
+        with bar:
+            for ev in run_batch(
+                seg,
+                items,
+                format=args.format,
+                tile=args.tile,
+                block=args.block,
+                scheduler=client,
+                workers=1,
+                overwrite=args.overwrite,
+                block_progress=on_block,
+                worker_threads=args.threads
+                or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None),
+            ):
+                if ev.status == "failed":
+                    if not many:
+                        from .errors import FrontierError
+
+                        raise FrontierError(ev.message)
+                    failures += 1
+                    bar.write(f"frontier: skipped {ev.item.source}: {ev.message}", file=sys.stderr)
+                elif ev.status == "skipped":
+                    skipped += 1
+                bar.update(1)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    if skipped and not args.quiet:
+        print(
+            f"frontier: {skipped} of {len(items)} image(s) already done (outputs exist); "
+            "use --overwrite to redo them",
+            file=sys.stderr,
+        )
     if failures:
-        print(f"frontier: {failures} of {len(inputs)} image(s) failed", file=sys.stderr)
+        print(f"frontier: {failures} of {len(items)} image(s) failed", file=sys.stderr)
         return 1
     return 0
 

@@ -12,7 +12,8 @@ class PatchSampler:
 
     Each patch is centred (with a random offset) on a painted pixel; the
     class of that pixel is drawn uniformly, so a class painted with a single
-    short stroke still appears in every batch.
+    short stroke still appears in every batch; within a class every painted
+    pixel is equally likely, on whichever image (or stack slice) it lies.
 
     Parameters
     ----------
@@ -84,7 +85,13 @@ class PatchSampler:
         for b in range(batch_size):
             k = present[rng.integers(len(present))]
             candidates = [i for i, c in enumerate(self._coords) if len(c[k])]
-            i = candidates[rng.integers(len(candidates))]
+            if len(candidates) == 1:
+                i = candidates[rng.integers(1)]
+            else:
+                # every painted pixel of class k is equally likely, whichever
+                # image (or slice of a stack) it is on
+                counts = np.cumsum([len(self._coords[i][k]) for i in candidates])
+                i = candidates[int(np.searchsorted(counts, rng.integers(counts[-1]), "right"))]
             cy, cx = self._coords[i][k][rng.integers(len(self._coords[i][k]))]
             t_full = self._targets[i]
             h, w = t_full.shape

@@ -14,8 +14,16 @@ from .device import select_device
 from .errors import CheckpointError, ImageError, ShapeMismatchError
 from .inference import Prediction, predict_probabilities
 from .io import load_checkpoint, save_checkpoint
-from .labels import DEFAULT_CLASS_NAMES, split_strokes, to_targets, validate_scribbles
+from .labels import (
+    DEFAULT_CLASS_NAMES,
+    IGNORE,
+    class_counts,
+    split_strokes,
+    to_targets,
+    validate_scribbles,
+)
 from .model import ModelConfig, build_model
+from .nd import Layout, NormStats, compute_stats, make_layout, predict_region, prepare_slice
 from .preprocess import DEFAULT_PERCENTILES, Prepared, prepare
 from .sampling import PatchSampler
 from .training import TrainConfig, TrainState, TrainUpdate, train_steps
@@ -25,6 +33,16 @@ def _as_list(v):
     if isinstance(v, (list, tuple)):
         return list(v)
     return [v]
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceUpdate:
+    """One predicted slice of a stack (from :meth:`Segmenter.predict_slices`)."""
+
+    index: tuple[int, ...]
+    done: int
+    total: int
+    prediction: Prediction
 
 
 class Segmenter:
@@ -38,6 +56,10 @@ class Segmenter:
         Names of classes 1..K.
     channel_axis
         Axis of channels in the images (None: grey, or RGB(A) if the last axis is 3/4).
+        Other axes beyond the last two (Y, X) are slice axes (Z, T, ...): stacks
+        and time series are trained and predicted slice by slice.
+    channels
+        Use only these channels (indices along ``channel_axis``); None: all.
     nodata
         Input value that marks invalid pixels (NaN and inf always do).
     train_config
@@ -60,6 +82,7 @@ class Segmenter:
         nodata: float | None = None,
         train_config: TrainConfig | None = None,
         model_config: dict | None = None,
+        channels: Sequence[int] | None = None,
     ):
         if n_classes < 2:
             raise ValueError("n_classes must be at least 2")
@@ -70,6 +93,7 @@ class Segmenter:
             )
         self.class_names = tuple(class_names)
         self.channel_axis = channel_axis
+        self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.nodata = nodata
         self.train_config = train_config or TrainConfig()
         self._model_overrides = dict(model_config or {})
@@ -92,8 +116,32 @@ class Segmenter:
         return None if self.model is None else self.model.config.in_channels
 
     def prepare(self, image: np.ndarray) -> Prepared:
-        """Normalise an image the way this segmenter does."""
+        """Normalise a 2D image the way this segmenter does."""
+        if self.channels is not None:
+            lay = self.layout(image)
+            return prepare_slice(image, lay, self.stats(image, lay), nodata=self.nodata)
         return prepare(image, self.channel_axis, self.nodata, self.percentiles)
+
+    def layout(self, image) -> Layout:
+        """How this segmenter reads the axes of ``image`` (slices, channels, Y, X)."""
+        return make_layout(image, self.channel_axis, self.channels)
+
+    def stats(self, image, layout: Layout | None = None) -> NormStats:
+        """Whole-image normalisation statistics (read band by band from lazy arrays)."""
+        layout = layout or self.layout(image)
+        return compute_stats(image, layout, self.nodata, self.percentiles)
+
+    def prepare_slice(
+        self,
+        image,
+        index: tuple[int, ...] = (),
+        region=None,
+        stats: NormStats | None = None,
+    ) -> Prepared:
+        """Normalised network input of one slice (or ``(slice_y, slice_x)`` region)."""
+        lay = self.layout(image)
+        stats = stats or self.stats(image, lay)
+        return prepare_slice(image, lay, stats, index, region, self.nodata)
 
     def _ensure_model(self, in_channels: int) -> None:
         if self.model is not None:
@@ -149,7 +197,11 @@ class Segmenter:
         """A generator that trains and yields :class:`TrainUpdate` a few times a second.
 
         ``image`` and ``scribbles`` may be lists (one model over several
-        images). Send new scribbles (same form) into the generator to
+        images). An image may be a stack or time series (slice axes before
+        Y, X; scribbles of the image's shape without channels): one 2D model
+        is trained over the slices that carry strokes, the only ones read and
+        normalised (with whole-stack statistics), so a Zarr or dask stack is
+        never loaded whole. Send new scribbles (same form) into the generator to
         continue on them without restarting; close it to stop. A later call
         continues from the current weights.
         """
@@ -159,26 +211,37 @@ class Segmenter:
             raise ShapeMismatchError(
                 f"{len(images)} images but {len(scribble_list)} scribble images"
             )
-        prepared = [self.prepare(im) for im in images]
-        for p in prepared:
-            _check_not_constant(p)
+        layouts = [self.layout(im) for im in images]
         checked = [
-            validate_scribbles(s, self.n_classes, shape=p.shape, require_all_classes=False)
-            for p, s in zip(prepared, scribble_list, strict=True)
+            validate_scribbles(
+                s, self.n_classes, shape=lay.scribble_shape, require_all_classes=False
+            )
+            for lay, s in zip(layouts, scribble_list, strict=True)
         ]
-        # Every class must be painted somewhere (on any image), on valid pixels.
-        self._check_all_classes(checked, prepared)
+        stats = [self.stats(im, lay) for im, lay in zip(images, layouts, strict=True)]
+        cache: dict[tuple, Prepared] = {}
+
+        def prepared(key) -> Prepared:
+            # only painted slices of a stack are ever normalised (and kept)
+            if key not in cache:
+                i, idx = key
+                cache[key] = prepare_slice(images[i], layouts[i], stats[i], idx, None, self.nodata)
+            return cache[key]
+
         tc = self.train_config
         rng = np.random.default_rng(tc.seed)
-        train_t, hold_t = self._split(checked, prepared, rng)
-        self._ensure_model(prepared[0].n_channels)
-        for p in prepared[1:]:
-            self._ensure_model(p.n_channels)
+        units = self._units(checked, layouts, prepared, rng)
+        for key, *_ in units:
+            _check_not_constant(prepared(key))
+        for lay in layouts:
+            self._ensure_model(lay.n_channels)
         self._ensure_optimizer()
         if tc.threads:
             torch.set_num_threads(int(tc.threads))
-        sampler = PatchSampler([p.x for p in prepared], train_t, self.n_classes, tc.patch_size, rng)
-        holdout = PatchSampler([p.x for p in prepared], hold_t, self.n_classes, tc.patch_size, rng)
+        keys = [u[0] for u in units]
+        xs = [prepared(k).x for k in keys]
+        sampler = PatchSampler(xs, [u[1] for u in units], self.n_classes, tc.patch_size, rng)
+        holdout = PatchSampler(xs, [u[2] for u in units], self.n_classes, tc.patch_size, rng)
         state = TrainState(self.model, self.optimizer, self.device, self.step)
         if self._ema is not None:
             state.shadows = [self._ema.module]
@@ -186,20 +249,36 @@ class Segmenter:
 
         def on_scribbles(new) -> str:
             new_list = _as_list(new)
-            if len(new_list) != len(prepared):
+            if len(new_list) != len(images):
                 return "ignored new scribbles: wrong number of images"
             try:
                 new_checked = [
-                    validate_scribbles(s, self.n_classes, shape=p.shape, require_all_classes=False)
-                    for p, s in zip(prepared, new_list, strict=True)
+                    validate_scribbles(
+                        s, self.n_classes, shape=lay.scribble_shape, require_all_classes=False
+                    )
+                    for lay, s in zip(layouts, new_list, strict=True)
                 ]
-                self._check_all_classes(new_checked, prepared)
+                new_units = self._units(
+                    new_checked, layouts, prepared, np.random.default_rng(tc.seed)
+                )
             except Exception as exc:
                 return f"kept the previous scribbles: {exc}"
-            tr, ho = self._split(new_checked, prepared, np.random.default_rng(tc.seed))
-            for i, (t, h) in enumerate(zip(tr, ho, strict=True)):
-                sampler.set_targets(i, t)
-                holdout.set_targets(i, h)
+            seen = set()
+            for key, t, h in new_units:
+                seen.add(key)
+                if key in keys:
+                    j = keys.index(key)
+                    sampler.set_targets(j, t)
+                    holdout.set_targets(j, h)
+                else:  # strokes on a slice that had none
+                    keys.append(key)
+                    sampler.add(prepared(key).x, t)
+                    holdout.add(prepared(key).x, h)
+            for j, key in enumerate(keys):
+                if key not in seen:  # all strokes of that slice were erased
+                    none = np.full(prepared(key).shape, IGNORE, dtype=np.int64)
+                    sampler.set_targets(j, none)
+                    holdout.set_targets(j, none)
             return "scribbles updated"
 
         gen = train_steps(state, sampler, tc, holdout, seconds, steps, on_scribbles)
@@ -217,14 +296,25 @@ class Segmenter:
             self._state = None
             gen.close()
 
-    def _check_all_classes(self, checked, prepared) -> None:
-        from .errors import ScribbleError
-        from .labels import class_counts
+    def _units(self, checked, layouts, prepared, rng) -> list:
+        """``(key, train_targets, holdout_targets)`` of every painted slice.
 
-        counts = sum(
-            class_counts(np.where(p.valid, s, 0), self.n_classes)
-            for s, p in zip(checked, prepared, strict=True)
-        )
+        ``key`` is ``(image index, slice index)``; strokes are split into
+        training and held-out strokes over the whole image (or stack).
+        """
+        from .errors import ScribbleError
+
+        units = []
+        counts = np.zeros(self.n_classes, dtype=np.int64)
+        for i, (s, lay) in enumerate(zip(checked, layouts, strict=True)):
+            tr, ho = split_strokes(s, self.n_classes, self.train_config.holdout_fraction, rng)
+            painted = (s.reshape(lay.n_slices, -1) > 0).any(axis=1)
+            for n, idx in enumerate(lay.slice_indices()):
+                if not painted[n] and lay.lead_shape:
+                    continue
+                p = prepared((i, idx))
+                counts += class_counts(np.where(p.valid, s[idx], 0), self.n_classes)
+                units.append(((i, idx), to_targets(tr[idx], p.valid), to_targets(ho[idx], p.valid)))
         missing = [k + 1 for k in range(self.n_classes) if counts[k] == 0]
         if missing:
             names = ", ".join(f'{k} ("{self.class_names[k - 1]}")' for k in missing)
@@ -232,14 +322,7 @@ class Segmenter:
                 f"no painted pixel (on valid image pixels) for class {names}; "
                 "paint at least one stroke of every class"
             )
-
-    def _split(self, checked, prepared, rng):
-        train_t, hold_t = [], []
-        for s, p in zip(checked, prepared, strict=True):
-            tr, ho = split_strokes(s, self.n_classes, self.train_config.holdout_fraction, rng)
-            train_t.append(to_targets(tr, p.valid))
-            hold_t.append(to_targets(ho, p.valid))
-        return train_t, hold_t
+        return units
 
     def fit(
         self,
@@ -260,6 +343,16 @@ class Segmenter:
         return last
 
     # -- prediction -------------------------------------------------------
+    def _check_model(self, layout: Layout) -> None:
+        if self.model is None:
+            raise CheckpointError("the model is not trained yet: train it or load a checkpoint")
+        if layout.n_channels != self.model.config.in_channels:
+            raise ShapeMismatchError(
+                f"the model was trained on {self.model.config.in_channels} channel(s) but this "
+                f"image has {layout.n_channels} (shape {layout.shape}, channel axis "
+                f"{layout.channel_axis})"
+            )
+
     def predict(
         self,
         image,
@@ -267,27 +360,92 @@ class Segmenter:
         halo: int | None = None,
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        stats: NormStats | None = None,
     ) -> Prediction:
-        """Predict a whole image (any size, tiled). Returns a :class:`Prediction`."""
-        if self.model is None:
-            raise CheckpointError("the model is not trained yet: train it or load a checkpoint")
-        p = self.prepare(image)
-        if p.n_channels != self.model.config.in_channels:
-            raise ShapeMismatchError(
-                f"the model was trained on {self.model.config.in_channels} channel(s) but this "
-                f"image has {p.n_channels}"
+        """Predict a whole image (any size, tiled). Returns a :class:`Prediction`.
+
+        A stack or time series (slice axes before Y, X) is predicted slice by
+        slice; ``probabilities`` is then ``(K, *slices, Y, X)`` and ``progress``
+        is called once per slice. Images larger than memory: see
+        :mod:`napari_frontier.lazy`.
+        """
+        lay = self.layout(image)
+        self._check_model(lay)
+        if not lay.lead_shape:
+            stats = stats or self.stats(image, lay)
+            p = prepare_slice(image, lay, stats, (), None, self.nodata)
+            probs = predict_probabilities(
+                self.predict_model,
+                p.x,
+                self.device,
+                tile=tile,
+                halo=halo,
+                batch_size=batch_size,
+                progress=progress,
             )
-        probs = predict_probabilities(
-            self.predict_model,
-            p.x,
-            self.device,
-            tile=tile,
-            halo=halo,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        probs[:, ~p.valid] = np.nan
-        return Prediction(probabilities=probs, valid=p.valid)
+            probs[:, ~p.valid] = np.nan
+            return Prediction(probabilities=probs, valid=p.valid)
+        probs = np.empty((self.n_classes, *lay.scribble_shape), dtype=np.float32)
+        valid = np.empty(lay.scribble_shape, dtype=bool)
+        for upd in self.predict_slices(image, tile, halo, batch_size, stats=stats):
+            probs[(slice(None), *upd.index)] = upd.prediction.probabilities
+            valid[upd.index] = upd.prediction.valid
+            if progress is not None:
+                progress(upd.done, upd.total)
+        return Prediction(probabilities=probs, valid=valid)
+
+    def predict_slices(
+        self,
+        image,
+        tile: int = 1024,
+        halo: int | None = None,
+        batch_size: int | None = None,
+        indices=None,
+        stats: NormStats | None = None,
+    ) -> Generator[SliceUpdate, None, None]:
+        """Predict a stack slice by slice, yielding a :class:`SliceUpdate` per slice.
+
+        Made to be driven by a background worker (napari's ``thread_worker``):
+        close the generator to cancel between slices. ``indices`` limits it to
+        some slices (default: all, in order). Normalisation uses whole-stack
+        statistics, so each slice is predicted as in :meth:`predict`.
+        """
+        lay = self.layout(image)
+        self._check_model(lay)
+        stats = stats or self.stats(image, lay)
+        indices = list(lay.slice_indices()) if indices is None else [tuple(i) for i in indices]
+        for n, idx in enumerate(indices, 1):
+            probs, valid = predict_region(
+                self.predict_model, self.device, image, lay, stats, idx, None, self.nodata,
+                tile=tile, halo=halo, batch_size=batch_size,
+            )  # fmt: skip
+            yield SliceUpdate(idx, n, len(indices), Prediction(probabilities=probs, valid=valid))
+
+    def predict_region(
+        self,
+        image,
+        index: tuple[int, ...] = (),
+        region: tuple[slice, slice] | None = None,
+        stats: NormStats | None = None,
+        tile: int = 1024,
+        halo: int | None = None,
+    ) -> Prediction:
+        """Predict one 2D slice of a stack, or a ``(slice_y, slice_x)`` region of it.
+
+        For a live preview of the slice (or the part of a huge image) in
+        view: only the region and its halo of context are read and
+        predicted, and the result equals the same part of :meth:`predict`
+        within float rounding. Pass ``stats`` (from :meth:`stats`, computed
+        once) to avoid re-reading the whole image on every call.
+        """
+        lay = self.layout(image)
+        self._check_model(lay)
+        stats = stats or self.stats(image, lay)
+        probs, valid = predict_region(
+            self.predict_model, self.device, image, lay, stats, tuple(index), region, self.nodata,
+            tile=tile, halo=halo,
+        )  # fmt: skip
+        return Prediction(probabilities=probs, valid=valid)
 
     # -- checkpoints ------------------------------------------------------
     def state_dict(self) -> dict:
@@ -310,6 +468,7 @@ class Segmenter:
             "class_names": list(self.class_names),
             "channels": self.model.config.in_channels,
             "channel_axis": self.channel_axis,
+            "channel_selection": None if self.channels is None else list(self.channels),
             "nodata": self.nodata,
             "normalisation": {"method": "percentile", "percentiles": list(self.percentiles)},
             "train_config": dataclasses.asdict(self.train_config),
@@ -337,6 +496,7 @@ class Segmenter:
                 n_classes=int(payload["n_classes"]),
                 class_names=payload.get("class_names"),
                 channel_axis=payload.get("channel_axis"),
+                channels=payload.get("channel_selection"),
                 nodata=payload.get("nodata"),
                 train_config=tc,
             )
@@ -406,9 +566,13 @@ def _check_not_constant(p: Prepared) -> None:
         )
 
 
-def check_image(image) -> None:
-    """Raise :class:`ImageError` early for an image the engine cannot use."""
-    prepare(image)
+def check_image(image, channel_axis: int | None = None) -> None:
+    """Raise :class:`ImageError` early for an image the engine cannot use (any N-D layout)."""
+    layout = make_layout(image, channel_axis)
+    if isinstance(image, np.ndarray):
+        compute_stats(image, layout)  # dtype, and at least one valid pixel
+    elif np.dtype(getattr(image, "dtype", np.float32)).kind not in "biuf":
+        raise ImageError(f"unsupported image dtype {image.dtype}")
 
 
-__all__ = ["ImageError", "Segmenter", "check_image"]
+__all__ = ["ImageError", "Segmenter", "SliceUpdate", "check_image"]

@@ -1,0 +1,306 @@
+"""Predicting many images: files, folders, globs and Zarr stores, resumable.
+
+A batch is planned first (one :class:`BatchItem` per input, with its output
+paths), then run as a generator of :class:`BatchEvent` (so the CLI shows a
+progress bar and a GUI worker can report and cancel between images). An input
+that cannot be read is reported and skipped; the batch goes on. Outputs are
+written atomically, so an existing output is a finished one: running the same
+batch again skips it (``overwrite=True`` redoes it).
+
+Small images are read whole and predicted in memory. Zarr / OME-Zarr stores
+and TIFFs with more than ``lazy_pixels`` pixels are predicted block by block
+(:mod:`napari_frontier.lazy`), never loaded whole. With a dask ``scheduler``
+(a ``distributed`` client or address) every image goes through the block
+path on the cluster; the result is the same as in one process.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FrontierError, FrontierIOError
+from .io import IMAGE_SUFFIXES
+
+#: TIFFs with more pixels than this are read lazily (tile by tile).
+LAZY_PIXELS = 64 * 2**20
+
+
+def _zarr_name(p: Path) -> bool:
+    return p.name.lower().endswith(".zarr")
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files and Zarr stores named by paths, folders (their images) and globs, in order, once each."""
+    from .lazy import is_zarr
+
+    out: list[Path] = []
+    for pat in patterns:
+        p = Path(pat)
+        if p.is_dir() and not is_zarr(p):
+            out += sorted(
+                q
+                for q in p.iterdir()
+                if (q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES) or is_zarr(q)
+            )
+        elif not p.exists() and any(ch in str(pat) for ch in "*?["):
+            out += sorted(Path(q) for q in glob.glob(str(pat), recursive=True))
+        else:
+            out.append(p)
+    seen, unique = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+def is_lazy(path: Path, lazy_pixels: int = LAZY_PIXELS) -> bool:
+    """Zarr stores, and TIFFs larger than ``lazy_pixels``, are read lazily."""
+    from .lazy import is_zarr
+
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                shape = tf.series[0].shape
+        except Exception:
+            return False  # read_image will report what is wrong with it
+        n = 1
+        for s in shape:
+            n *= int(s)
+        return n > lazy_pixels
+    return False
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One input and where its outputs go."""
+
+    source: Path
+    mask: Path
+    probabilities: Path | None
+    lazy: bool
+
+    @property
+    def finished(self) -> bool:
+        """All outputs exist (they are written atomically, so they are complete)."""
+        return self.mask.exists() and (self.probabilities is None or self.probabilities.exists())
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """Progress of a batch: ``status`` is ``done``, ``skipped`` or ``failed``."""
+
+    item: BatchItem
+    status: str
+    index: int
+    total: int
+    message: str = ""
+
+
+def _out_name(src: Path, lazy: bool, ext: str, suffix: str = "") -> str:
+    name = src.name
+    for tail in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(tail):
+            return name[: -len(tail)] + suffix + (tail if "zarr" in tail else ext)
+    if lazy:  # a large TIFF: a tiled TIFF
+        return src.stem + suffix + src.suffix.lower()
+    return src.stem + suffix + ext
+
+
+def plan_batch(
+    inputs: Sequence[str],
+    output,
+    probabilities=None,
+    lazy_pixels: int = LAZY_PIXELS,
+    suffix: str = ".tif",
+) -> list[BatchItem]:
+    """One :class:`BatchItem` per input; ``output`` is a file for one input, else a folder."""
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise FrontierIOError(f"no input image found in {' '.join(map(str, inputs))}")
+    out = Path(output)
+    many = len(paths) > 1 or (out.is_dir() and not _zarr_name(out))
+    items = []
+    for p in paths:
+        lazy = is_lazy(p, lazy_pixels)
+        if many:
+            mask = out / _out_name(p, lazy, suffix)
+            probs = (
+                Path(probabilities) / _out_name(p, lazy, suffix, "_probabilities")
+                if probabilities
+                else None
+            )
+        else:
+            mask, probs = out, Path(probabilities) if probabilities else None
+        items.append(BatchItem(p, mask, probs, lazy))
+    return items
+
+
+def _prepare_folders(items) -> None:
+    for it in items:
+        for path in (it.mask, it.probabilities):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def write_array(path, data) -> Path:
+    """Write an in-memory result atomically: a Zarr store for ``*.zarr``, else :func:`write_image`."""
+    import shutil
+
+    import numpy as np
+
+    from .io import write_image
+
+    path = Path(path)
+    if not _zarr_name(path):
+        return write_image(path, data)
+    import zarr
+
+    from .lazy import _create_array, _finish, _part
+
+    tmp = _part(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        chunks = (*(1,) * (data.ndim - 2), *(min(2048, s) for s in data.shape[-2:]))
+        fill = np.nan if data.dtype.kind == "f" else 0
+        target = _create_array(
+            tmp, data.shape, chunks, data.dtype, fill, {"source": "napari-frontier"},
+            path.name.lower().endswith(".ome.zarr"), False,
+        )  # fmt: skip
+        zarr.open_array(target, mode="r+")[...] = data
+        _finish(tmp, path)
+    except OSError as exc:
+        raise FrontierIOError(f"{path}: write failed ({exc})") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _write_from_zarr(zpath: Path, target: Path) -> None:
+    """Move or convert a finished Zarr output to the requested format."""
+    import os
+    import shutil
+
+    from .io import write_image
+    from .lazy import zarr_to_tiff
+
+    if _zarr_name(target):
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(zpath, target)
+        return
+    if target.suffix.lower() in (".tif", ".tiff"):
+        zarr_to_tiff(zpath, target)
+    else:
+        import zarr
+
+        write_image(target, zarr.open_array(str(zpath), mode="r")[...])
+    shutil.rmtree(zpath, ignore_errors=True)
+
+
+def _predict_item(seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_block, wthreads):
+    """Predict one input to its outputs."""
+    import shutil
+
+    from .io import read_image
+    from .lazy import open_lazy, predict_to_zarr
+
+    if it.lazy:
+        lz = open_lazy(it.source)
+        image = lz.array
+        if lz.channel_axis is not None and seg.channel_axis is None:
+            seg.channel_axis = lz.channel_axis
+    else:
+        image = read_image(it.source)
+    if not it.lazy and scheduler is None:
+        pred = seg.predict(image, tile=tile)
+        write_array(it.mask, pred.mask(fmt))
+        if it.probabilities is not None:
+            write_array(it.probabilities, pred.probabilities.astype("float32"))
+        return
+
+    # block path: Zarr as it goes, converted at the end when a TIFF is asked for
+    def staged(path):
+        if path is None or _zarr_name(path):
+            return path
+        return path.parent / f".{path.name}.zarr"
+
+    zmask, zprobs = staged(it.mask), staged(it.probabilities)
+    try:
+        predict_to_zarr(
+            seg,
+            image,
+            mask=zmask,
+            probabilities=zprobs,
+            format=fmt,
+            block=block,
+            tile=tile,
+            scheduler=scheduler,
+            workers=workers,
+            progress=on_block,
+            worker_threads=wthreads,
+        )
+        if zmask != it.mask:
+            _write_from_zarr(zmask, it.mask)
+        if zprobs is not None and zprobs != it.probabilities:
+            _write_from_zarr(zprobs, it.probabilities)
+    finally:
+        for z, final in ((zmask, it.mask), (zprobs, it.probabilities)):
+            if z is not None and z != final:
+                shutil.rmtree(z, ignore_errors=True)
+
+
+def run_batch(
+    seg,
+    items: Sequence[BatchItem],
+    format: str = "binary",
+    tile: int = 1024,
+    block: int = 2048,
+    scheduler=None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    block_progress: Callable[[BatchItem, int, int], None] | None = None,
+    worker_threads: int | None = None,
+) -> Generator[BatchEvent, None, None]:
+    """Predict every item; yield a :class:`BatchEvent` per image.
+
+    ``block_progress(item, done, total)`` is called after each block of an
+    image predicted block by block (from a worker thread). ``workers``: threads
+    in this process; ``worker_threads``: torch threads per cluster worker.
+
+    Failures of one input (unreadable, wrong shape) are yielded as ``failed``
+    events and the batch goes on. ``scheduler``: None (this process), or a
+    ``distributed`` address / client.
+    """
+    _prepare_folders(items)
+    total = len(items)
+    channel_axis = seg.channel_axis
+    for n, it in enumerate(items, 1):
+        if it.finished and not overwrite:
+            yield BatchEvent(it, "skipped", n, total, "output exists")
+            continue
+
+        def on_block(d, t, it=it):
+            if block_progress is not None:
+                block_progress(it, d, t)
+
+        seg.channel_axis = channel_axis
+        try:
+            _predict_item(
+                seg, it, format, tile, block, scheduler, workers, on_block, worker_threads
+            )
+        except (FrontierError, OSError, ValueError) as exc:
+            msg = str(exc) if isinstance(exc, FrontierError) else f"{type(exc).__name__}: {exc}"
+            yield BatchEvent(it, "failed", n, total, msg)
+            continue
+        finally:
+            seg.channel_axis = channel_axis
+        yield BatchEvent(it, "done", n, total)
