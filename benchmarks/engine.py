@@ -33,6 +33,7 @@ def steps_per_second(threads: int, seconds: float, device: str) -> float:
 
 
 def inference_mp_per_s(threads: int, size: int, device: str, tile: int) -> float:
+    """Megapixels/s of probabilities for a ``size`` x ``size`` image (model already warm)."""
     torch.set_num_threads(threads)
     s = load_sample("nuclei")
     seg = Segmenter(train_config=TrainConfig(seed=0, device=device))
@@ -47,6 +48,38 @@ def inference_mp_per_s(threads: int, size: int, device: str, tile: int) -> float
     return size * size / 1e6 / (time.perf_counter() - t0)
 
 
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured float32 matrix-product rate (the CPU's practical peak)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(ts) / 1e9
+
+
+def step_gflop() -> float:
+    """Floating-point work of one default training step (forward + backward).
+
+    Counted by torch's FlopCounterMode: convolutions and matrix products only
+    (element-wise work, the filter bank's arithmetic, the optimiser, are extra).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_frontier.model import ModelConfig, build_model
+    from napari_frontier.training import TrainConfig
+
+    tc = TrainConfig()
+    model = build_model(ModelConfig())
+    x = torch.randn(tc.batch_size, 2, tc.patch_size, tc.patch_size)
+    with FlopCounterMode(display=False) as fc:
+        model(x).sum().backward()
+    return fc.get_total_flops() / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,12 +88,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--size", type=int, default=1024, help="side of the inference test image")
-    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--tile", type=int, default=1024)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     print(
         f"# {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, load {os.getloadavg()[0]:.2f}"
     )
+    work = step_gflop()
+    print(f"one training step: {work:.2f} GFLOP (forward + backward, convolutions and products)")
     base_sps = base_inf = None
     for t in args.threads:
         sps = statistics.median(
@@ -71,9 +106,13 @@ def main() -> None:
         )
         base_sps = base_sps or sps
         base_inf = base_inf or inf
+        peak = matmul_gflops(t)
+        used = sps * work
         print(
-            f"threads={t}: training {sps:.1f} steps/s (x{sps / base_sps:.2f}), "
-            f"inference {inf:.2f} MP/s = {1 / inf:.2f} s/MP (x{inf / base_inf:.2f}) on {args.size}x{args.size}"
+            f"threads={t}: training {sps:.1f} steps/s (x{sps / base_sps:.2f}) = {used:.1f} GFLOP/s "
+            f"of convolutions = {100 * used / peak:.0f}% of the measured matmul peak "
+            f"({peak:.0f} GFLOP/s); inference {inf:.2f} MP/s = {1 / inf:.2f} s/MP "
+            f"(x{inf / base_inf:.2f}) on {args.size}x{args.size}"
         )
 
 

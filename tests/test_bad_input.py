@@ -129,8 +129,21 @@ REFUSED = [
     ("all-constant", np.full((H, W), 7.0, np.float32), _scribbles(), ImageError, "same value"),
     ("all-true-bool", np.ones((H, W), bool), _scribbles(), ImageError, "same value"),
     ("constant-rgb", np.full((H, W, 3), 200, np.uint8), _scribbles(), ImageError, "same value"),
-    ("4d-image", np.zeros((2, 2, H, W), np.float32), _scribbles(), ImageError, "2D"),
-    ("ambiguous-3d", np.zeros((5, H, W), np.float32), _scribbles(), ImageError, "channel axis"),
+    # N-D images are stacks (slice axes before Y, X): 2D scribbles do not fit them.
+    (
+        "4d-image",
+        np.zeros((2, 2, H, W), np.float32),
+        _scribbles(),
+        ShapeMismatchError,
+        "scribbles have shape",
+    ),
+    (
+        "3d-stack-2d-strokes",
+        np.zeros((5, H, W), np.float32),
+        _scribbles(),
+        ShapeMismatchError,
+        "scribbles have shape",
+    ),
     ("complex-dtype", _image().astype(np.complex64), _scribbles(), ImageError, "dtype"),
     ("text-scribbles", _image(), np.full((H, W), "a"), ScribbleError, "integer"),
 ]

@@ -62,7 +62,8 @@ class ModelRef:
         # Blocks run in several threads at once: give them an eval-mode copy,
         # so no thread ever toggles train/eval mode under another one.
         live = copy.copy(segmenter)
-        live.model = copy.deepcopy(segmenter.model).eval()
+        live.model = copy.deepcopy(segmenter.predict_model).eval()
+        live._ema = None  # the copy above already holds the predicting weights
         live.optimizer = None
         self._live = live
         self.device = device

@@ -158,12 +158,19 @@ def make_layout(
     return Layout(shape, channel_axis, channels)
 
 
+#: Channels with values beyond this are divided by their peak before normalising.
+_HUGE = 1e150
+
+
 @dataclass(frozen=True)
 class NormStats:
     """Per-channel normalisation ``(x - lo) / scale``, from whole-image percentiles."""
 
     lo: tuple[float, ...]
     scale: tuple[float, ...]
+    #: Per-channel divisor applied first, for values near the float64 limit
+    #: (whose differences would overflow); empty = none.
+    prescale: tuple[float, ...] = ()
 
 
 def _validity(cf: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -227,16 +234,21 @@ def compute_stats(
     if n_valid == 0:
         raise ImageError("the image has no valid pixel (all NaN, infinite or no-data)")
     stride = max(1, n_valid // max_samples)
-    lo_all, scale_all = [], []
+    lo_all, scale_all, pre_all = [], [], []
     for c in range(samples_all.shape[0]):
         samples = samples_all[c].astype(np.float64)[::stride]
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        pre = peak if peak > _HUGE else 1.0
+        pre_all.append(pre)
+        samples = samples / pre
         lo, hi = np.percentile(samples, percentiles)
         scale = hi - lo
         if not np.isfinite(scale) or scale <= 0:
             lo, scale = float(samples.min()), max(float(samples.max() - samples.min()), 1.0)
         lo_all.append(float(lo))
         scale_all.append(float(scale))
-    return NormStats(tuple(lo_all), tuple(scale_all))
+    prescale = tuple(pre_all) if any(p != 1.0 for p in pre_all) else ()
+    return NormStats(tuple(lo_all), tuple(scale_all), prescale)
 
 
 def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> Prepared:
@@ -249,7 +261,10 @@ def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> 
     valid = _validity(cf, nodata)
     x = np.empty((cf.shape[0] + 1, *cf.shape[1:]), dtype=np.float32)
     for c in range(cf.shape[0]):
-        out = (cf[c].astype(np.float64) - stats.lo[c]) / stats.scale[c]
+        chan = cf[c].astype(np.float64)
+        if stats.prescale:
+            chan = chan / stats.prescale[c]
+        out = (chan - stats.lo[c]) / stats.scale[c]
         np.clip(out, -4.0, 5.0, out=out)
         out[~valid] = 0.0
         x[c] = out

@@ -212,6 +212,10 @@ class Segmenter:
                 f"{len(images)} images but {len(scribble_list)} scribble images"
             )
         layouts = [self.layout(im) for im in images]
+        for lay in layouts:
+            n = int(np.prod(lay.scribble_shape[-2:]))
+            if n < 2:
+                raise ImageError(f"the image has only {n} pixel: too small to learn anything from")
         checked = [
             validate_scribbles(
                 s, self.n_classes, shape=lay.scribble_shape, require_all_classes=False
