@@ -147,6 +147,7 @@ def test_stack_trains_follows_the_slider_and_predicts_the_volume(
     mask = read_image(widget.export_mask(tmp_path / "volume.tif", "binary"))
     assert mask.shape == (4, 64, 64)
     np.testing.assert_array_equal(mask == 255, volume.data == 1)
+    assert widget.autosave() is not None  # stack scribbles autosave too
 
 
 @pytest.mark.gui
