@@ -168,8 +168,14 @@ def _disk_full(folder: Path, margin: int = 1 << 16) -> bool:
         return False
 
 
-def write_image(path, data: np.ndarray, compression: str | None = "zlib") -> Path:
-    """Write ``data`` atomically; the format follows the suffix (TIFF, PNG, JPEG, NPY)."""
+def write_image(
+    path, data: np.ndarray, compression: str | None = "zlib", photometric: str | None = None
+) -> Path:
+    """Write ``data`` atomically; the format follows the suffix (TIFF, PNG, JPEG, NPY).
+
+    ``photometric`` (TIFF only): e.g. ``"minisblack"`` for a stack of masks,
+    which tifffile would otherwise take for RGB(A) planes when it has 3 or 4 slices.
+    """
     path = Path(path)
     suffix = _suffix(path)
     data = np.asarray(data)
@@ -184,7 +190,7 @@ def write_image(path, data: np.ndarray, compression: str | None = "zlib") -> Pat
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, data, compression=compression)
+            tifffile.imwrite(tmp, data, compression=compression, photometric=photometric)
         else:
             import imageio.v3 as iio
 

@@ -201,16 +201,20 @@ def test_closing_viewer_stops_training(trainer, qtbot):
     qtbot.waitUntil(lambda: widget.session._closed, timeout=5000)  # widget destroyed
 
 
-def test_unsupported_image_gives_clear_message(make_napari_viewer, qtbot):
+def test_unsupported_image_gives_clear_message(make_napari_viewer, qtbot, monkeypatch):
+    from napari_frontier._napari import layers as L
+
+    monkeypatch.setattr(L, "MAX_LEVEL0_PIXELS", 16 * 16)  # stacks are fine; huge pyramids not
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((4, 32, 32), np.float32), name="stack")
-    viewer.add_labels(np.zeros((4, 32, 32), np.uint8), name="scribbles")
+    base = np.zeros((32, 32), np.float32)
+    viewer.add_image([base, base[::2, ::2]], name="pyramid", multiscale=True)
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="scribbles")
     _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
     n = len(notification_manager.records)
     widget._on_train()
     assert not widget.is_training
     errors = _errors_since(n)
-    assert errors and "2D grey or RGB" in errors[-1]
+    assert errors and "multiscale" in errors[-1] and "too large" in errors[-1]
 
 
 def test_rgb_image_and_new_scribbles_layer(make_napari_viewer, qtbot, disk_image):

@@ -22,7 +22,6 @@ from ..inference import (
     Prediction,
     frontier_contours,
     frontier_mask,
-    predict_probabilities,
     uncertainty,
 )
 from ..training import TrainUpdate
@@ -76,7 +75,7 @@ class Mailbox:
         self.running = threading.Event()
 
     def post(self, **items) -> None:
-        """Leave messages (``scribbles=(version, array)``, ``view=(r0, r1, c0, c1)``)."""
+        """Leave messages (``scribbles=(version, array)``, ``view=(r0, r1, c0, c1)``, ``index``)."""
         with self._lock:
             self._items.update(items)
 
@@ -119,6 +118,8 @@ class Overlay:
     seconds: float
     #: Every pixel has been predicted (by this or an earlier, live prediction).
     complete: bool = True
+    #: Which slice of a stack this is (``()`` for a 2D image).
+    index: tuple[int, ...] = ()
 
     @property
     def p_is(self) -> np.ndarray:
@@ -219,24 +220,45 @@ def _warm_up(model_config):
 
 
 class _Predictor:
-    """Keeps the latest probabilities of the whole image and refreshes parts of it.
+    """Keeps the latest probabilities of one slice and refreshes parts of it.
 
-    Live predictions cover the visible region (all of a small image) and at
-    most ``MAX_LIVE_PIXELS``; ``run(whole=True)`` predicts everything.
-    Pixels not predicted yet are NaN and count as neither class.
+    The slice is the whole image for a 2D image, or one slice (``index``) of
+    a stack or time series. Live predictions cover the visible region (all of
+    a small slice) and at most ``MAX_LIVE_PIXELS``; ``run(whole=True)``
+    predicts the whole slice. Pixels not predicted yet are NaN and count as
+    neither class. Only the region predicted (and its halo of context) is
+    read from the image, with normalisation statistics of the whole image
+    computed once, so a lazy (dask, zarr) image is never loaded whole.
     """
 
-    def __init__(self, seg, image):
+    def __init__(self, seg, image, index: tuple[int, ...] = ()):
         self.seg = seg
-        self.prepared = seg.prepare(image)
-        h, w = self.prepared.shape
-        self.probs = np.full((seg.n_classes, h, w), np.nan, np.float32)
+        self.image = image
+        self.layout = seg.layout(image)
+        self.stats = seg.stats(image, self.layout)
+        self.index: tuple[int, ...] = ()
+        self._select(index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layout.yx
+
+    def _select(self, index) -> None:
+        """Clear the buffers for another slice (``index`` clipped to the stack)."""
+        lead = self.layout.lead_shape
+        index = tuple(index or ())
+        if len(index) != len(lead):
+            index = (0,) * len(lead)
+        self.index = tuple(int(min(max(i, 0), n - 1)) for i, n in zip(index, lead, strict=True))
+        h, w = self.shape
+        self.probs = np.full((self.seg.n_classes, h, w), np.nan, np.float32)
         self.uncertainty = np.full((h, w), np.nan, np.float32)
         self.frontier = np.zeros((h, w), np.uint8)
         self.done = np.zeros((h, w), bool)
+        self.valid = np.ones((h, w), bool)
 
     def _choose(self, view, whole: bool) -> tuple[int, int, int, int]:
-        h, w = self.prepared.shape
+        h, w = self.shape
         small = h * w <= MAX_LIVE_PIXELS
         if whole or (small and not self.done.all()):
             return 0, h, 0, w
@@ -245,31 +267,38 @@ class _Predictor:
             return 0, h, 0, w
         return r
 
-    def _predict(self, x: np.ndarray) -> np.ndarray:
+    def _predict(self, region) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        from ..nd import predict_region
+
         seg = self.seg
+
+        def run():
+            return predict_region(
+                seg.predict_model, seg.device, self.image, self.layout, self.stats,
+                self.index, region, seg.nodata,
+            )  # fmt: skip
+
         if seg.device.type != "cpu" or torch.get_num_threads() == PREVIEW_THREADS:
-            return predict_probabilities(seg.predict_model, x, seg.device)
+            return run()
         before = torch.get_num_threads()
         torch.set_num_threads(PREVIEW_THREADS)
         try:
-            return predict_probabilities(seg.predict_model, x, seg.device)
+            return run()
         finally:
             torch.set_num_threads(before)
 
-    def run(self, view, step: int, version: int, whole: bool = False) -> Overlay:
+    def run(self, view, step: int, version: int, whole: bool = False, index=None) -> Overlay:
         t0 = time.perf_counter()
-        p = self.prepared
-        h, w = p.shape
+        if index is not None and tuple(index) != self.index:
+            self._select(index)
+        h, w = self.shape
         r0, r1, c0, c1 = self._choose(view, whole)
-        halo = self.seg.model.config.halo
-        g0, g1, h0, h1 = max(0, r0 - halo), min(h, r1 + halo), max(0, c0 - halo), min(w, c1 + halo)
-        probs = self._predict(p.x[:, g0:g1, h0:h1])
-        core = probs[:, r0 - g0 : r1 - g0, c0 - h0 : c1 - h0]
-        invalid = ~p.valid[r0:r1, c0:c1]
-        core[:, invalid] = np.nan
+        core, valid = self._predict((slice(r0, r1), slice(c0, c1)))
+        invalid = ~valid
         self.probs[:, r0:r1, c0:c1] = core
+        self.valid[r0:r1, c0:c1] = valid
         u = uncertainty(np.nan_to_num(core, nan=1.0 / len(core)))
         u[invalid] = np.nan
         self.uncertainty[r0:r1, c0:c1] = u
@@ -278,7 +307,7 @@ class _Predictor:
         # joins up with what was there before.
         f0, f1, e0, e1 = max(0, r0 - 1), min(h, r1 + 1), max(0, c0 - 1), min(w, c1 + 1)
         self.frontier[f0:f1, e0:e1] = frontier_mask(self.probs[0, f0:f1, e0:e1])
-        pred = Prediction(probabilities=self.probs.copy(), valid=p.valid)
+        pred = Prediction(probabilities=self.probs.copy(), valid=self.valid.copy())
         return Overlay(
             prediction=pred,
             uncertainty=self.uncertainty.copy(),
@@ -288,6 +317,7 @@ class _Predictor:
             scribbles_version=version,
             seconds=time.perf_counter() - t0,
             complete=bool(self.done.all()),
+            index=self.index,
         )
 
 
@@ -298,6 +328,7 @@ def live_training(
     mailbox: Mailbox,
     predict_interval: float = 0.3,
     version: int = 0,
+    index: tuple[int, ...] = (),
 ) -> Generator[LoopUpdate, None, None]:
     """Train ``seg`` until ``mailbox.stop()``; yield training updates and overlays.
 
@@ -306,11 +337,15 @@ def live_training(
     seg
         A :class:`~napari_frontier.segmenter.Segmenter` (continues from its weights).
     image, scribbles
-        Private copies: the loop owns them.
+        Private copies (or a lazy array that nobody changes): the loop owns
+        them. ``image`` may be a stack or time series; ``scribbles`` then
+        have its shape without channels, and one model learns from the
+        strokes on all slices.
     mailbox
         New scribbles (``scribbles=(version, array)``), the visible region
-        (``view=(r0, r1, c0, c1)`` in pixels), how long the main thread took
-        to show the last overlay (``show_seconds``) and the stop request.
+        (``view=(r0, r1, c0, c1)`` in pixels), the slice in view of a stack
+        (``index=(z, ...)``), how long the main thread took to show the last
+        overlay (``show_seconds``) and the stop request.
     predict_interval
         Least time between predictions. Predictions are also spaced by
         ``TRAIN_SHARE`` times the time the last one took and ``SHOW_SHARE``
@@ -318,13 +353,15 @@ def live_training(
         reflected ``STROKE_FEEDBACK_SECONDS`` after they arrive.
     version
         Version number of ``scribbles`` (reported back in overlays).
+    index
+        The slice of a stack in view at the start (overlays cover that slice).
 
     Errors are yielded as ``LoopUpdate(error=...)`` instead of raised, so the
     driver decides how to show them (a worker would drop ``RuntimeError``).
     """
     mailbox.running.set()
     try:
-        for update in _loop(seg, image, scribbles, mailbox, predict_interval, version):
+        for update in _loop(seg, image, scribbles, mailbox, predict_interval, version, index):
             mailbox.running.clear()
             yield update
             mailbox.running.set()
@@ -333,9 +370,9 @@ def live_training(
         mailbox.done.set()
 
 
-def _loop(seg, image, scribbles, mailbox, predict_interval, version):
+def _loop(seg, image, scribbles, mailbox, predict_interval, version, index):
     try:
-        predictor = _Predictor(seg, image)
+        predictor = _Predictor(seg, image, index)
         gen = seg.training(image, scribbles)
     except Exception as exc:
         yield LoopUpdate(error=exc, final=True)
@@ -348,6 +385,9 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
         while not mailbox.stopped:
             items = mailbox.take()
             view = items.get("view", view)
+            if "index" in items and tuple(items["index"]) != predictor.index:
+                index = tuple(items["index"])
+                next_predict = time.perf_counter()  # another slice: show it at once
             show_seconds = items.get("show_seconds", show_seconds)
             if "scribbles" in items:
                 new_version, array = items["scribbles"]
@@ -360,7 +400,7 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
                 upd = next(gen)
             yield LoopUpdate(train=upd, scribbles_version=version)
             if time.perf_counter() >= next_predict and not mailbox.stopped:
-                overlay = predictor.run(view, upd.step, version)
+                overlay = predictor.run(view, upd.step, version, index=index)
                 wait = max(
                     predict_interval, TRAIN_SHARE * overlay.seconds, SHOW_SHARE * show_seconds
                 )
@@ -369,7 +409,7 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
         gen.close()
         overlay = None
         if mailbox.final_prediction:
-            overlay = predictor.run(None, seg.step, version, whole=True)
+            overlay = predictor.run(None, seg.step, version, whole=True, index=index)
         yield LoopUpdate(overlay=overlay, scribbles_version=version, final=True)
     except Exception as exc:
         yield LoopUpdate(error=exc, scribbles_version=version, final=True)
@@ -377,14 +417,14 @@ def _loop(seg, image, scribbles, mailbox, predict_interval, version):
         gen.close()
 
 
-def predict_overlay(seg, image):
-    """Worker job: overlays of a whole image, for a model that is not training.
+def predict_overlay(seg, image, index: tuple[int, ...] = ()):
+    """Worker job: overlays of a whole image (or one slice), for a model that is not training.
 
     Returns the :class:`Overlay`, or the exception (a worker would drop a
     ``RuntimeError``; the caller shows it).
     """
     try:
-        return _Predictor(seg, image).run(None, seg.step, 0, whole=True)
+        return _Predictor(seg, image, index).run(None, seg.step, 0, whole=True)
     except Exception as exc:
         return exc
 
@@ -395,3 +435,17 @@ def predict_labels(seg, image):
         return seg.predict(image).labels
     except Exception as exc:
         return exc
+
+
+def predict_volume(seg, image) -> Generator:
+    """Worker job: predict every slice of a stack; yields a ``SliceUpdate`` per slice.
+
+    Normalisation statistics are computed once for the whole stack. An
+    error is yielded (not raised) and ends the job. Quitting the worker
+    stops it between slices.
+    """
+    try:
+        stats = seg.stats(image)
+        yield from seg.predict_slices(image, stats=stats)
+    except Exception as exc:
+        yield exc

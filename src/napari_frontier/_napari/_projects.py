@@ -138,8 +138,8 @@ class Autosaver:
             info = P.project_info(path)
         except FrontierError:
             return None
-        shape = info["image"].get("shape")
-        if shape and tuple(shape)[:2] != L.spatial_shape(image_layer):
+        shape, expected = info["image"].get("shape"), L.scribble_shape(image_layer)
+        if shape and tuple(shape)[: len(expected)] != expected:
             return None
         return info
 
@@ -168,8 +168,7 @@ def _add_scribbles(viewer, image_layer, project, suffix: str = ""):
     layer = viewer.add_labels(
         np.array(project.scribbles),
         name=f"{name} ({suffix})" if suffix else name,
-        scale=image_layer.scale[-2:],
-        translate=image_layer.translate[-2:],
+        **L.placement(image_layer),
     )
     L.style_scribbles(layer)
     return layer

@@ -84,33 +84,103 @@ def find_layer(viewer, role: str, kind: type):
     return (named or tagged or [None])[0]
 
 
-def image_data(layer) -> np.ndarray:
-    """A numpy copy of a 2D grey or RGB(A) image layer's data.
+#: A multiscale image is trained on its full-resolution level only when one
+#: slice of that level has at most this many pixels (the live overlays and the
+#: training copy of a painted slice are that large).
+MAX_LEVEL0_PIXELS = 64 * 1024 * 1024
+
+
+def image_data(layer):
+    """The pixels of an image layer for the worker: 2D, stack or time series, grey or RGB(A).
+
+    A numpy array is copied (the worker owns its copy); any other array
+    (dask, zarr, a TIFF opened as zarr) is passed through as it is, so a huge
+    or lazy image is never read whole here: the engine reads only the slices
+    and regions it needs. A multiscale layer gives its full-resolution level.
 
     Raises
     ------
     ImageError
-        For stacks, multiscale or other shapes, with a message to show.
+        For multiscale images too large to train on, with a message to show.
     """
     if not isinstance(layer, Image):
         raise ImageError("choose an image layer to train on")
+    data = layer.data
     if layer.multiscale:
-        raise ImageError(
-            f'"{layer.name}" is a multiscale image; napari-frontier trains on single-scale '
-            "2D images (open the full-resolution level as its own layer)"
-        )
-    if layer.ndim != 2:
-        raise ImageError(
-            f'"{layer.name}" has {layer.ndim} dimensions (shape {tuple(layer.data.shape)}); '
-            "napari-frontier trains on 2D grey or RGB images: open one plane as its own layer"
-        )
-    return np.array(layer.data, copy=True)
+        data = data[0]
+        h, w = scribble_shape(layer)[-2:]
+        if h * w > MAX_LEVEL0_PIXELS:
+            raise ImageError(
+                f'"{layer.name}" is a multiscale image whose full-resolution level is {h} x {w} '
+                f"pixels, too large to train on live (at most {MAX_LEVEL0_PIXELS:,} per slice): "
+                "open a crop or a coarser level as its own layer, train there, and predict the "
+                "full image with `frontier predict`"
+            )
+    if isinstance(data, np.ndarray):
+        return np.array(data, copy=True)
+    return data
 
 
-def spatial_shape(layer) -> tuple[int, int]:
-    """(H, W) of a 2D image layer (RGB channels left out)."""
-    shape = tuple(layer.data.shape)
-    return shape[:2] if getattr(layer, "rgb", False) else shape[-2:]
+def scribble_shape(layer) -> tuple[int, ...]:
+    """Shape of the scribbles (and masks) of an image layer: its data's without RGB channels.
+
+    For a multiscale layer, of the full-resolution level.
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(int(s) for s in data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    """Shape of the scribbles of an image layer (``(H, W)`` for a 2D image).
+
+    Same as :func:`scribble_shape`; kept for callers that predate stacks.
+    """
+    return scribble_shape(layer)
+
+
+def lead_shape(layer) -> tuple[int, ...]:
+    """Shape of the slice axes (Z, T, ...) of an image layer; ``()`` for a 2D image."""
+    return scribble_shape(layer)[:-2]
+
+
+def current_index(viewer, layer) -> tuple[int, ...]:
+    """Index of the slice of ``layer`` in view (from the viewer's dims); ``()`` for 2D."""
+    lead = lead_shape(layer)
+    if not lead:
+        return ()
+    data = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)
+    return tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(data[: len(lead)], lead))
+
+
+def view_region(layer) -> tuple[int, int, int, int]:
+    """``(r0, r1, c0, c1)`` of ``layer`` in view, in full-resolution pixels."""
+    (r0, c0), (r1, c1) = np.asarray(layer.corner_pixels)[:, -2:]
+    r1, c1 = r1 + 1, c1 + 1
+    if getattr(layer, "multiscale", False):
+        fy, fx = np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+        r0, r1, c0, c1 = r0 * fy, r1 * fy, c0 * fx, c1 * fx
+    return int(r0), int(r1), int(c0), int(c1)
+
+
+def placement(layer, index: tuple[int, ...] = ()) -> dict:
+    """``scale`` and ``translate`` for a layer of the scribbles' shape over ``layer``.
+
+    With ``index``, for a layer of one slice (shape ``(1, ..., 1, H, W)``)
+    placed on that slice of the stack: it shows there and nowhere else.
+    """
+    n = len(scribble_shape(layer))
+    scale = np.asarray(layer.scale, dtype=float)[-n:]
+    translate = np.asarray(layer.translate, dtype=float)[-n:].copy()
+    if index:
+        translate[: len(index)] += scale[: len(index)] * np.asarray(index, dtype=float)
+    return {"scale": scale, "translate": translate}
+
+
+def overlay_shape(layer) -> tuple[int, ...]:
+    """Shape of an overlay layer: one slice (``(1, ..., 1, H, W)``) of the image."""
+    shape = scribble_shape(layer)
+    return (1,) * len(shape[:-2]) + shape[-2:]
 
 
 def style_scribbles(layer: Labels) -> None:
@@ -125,13 +195,8 @@ def style_scribbles(layer: Labels) -> None:
 
 def new_scribbles_layer(viewer, image_layer) -> Labels:
     """Add an empty, styled scribbles layer matching ``image_layer``."""
-    shape = spatial_shape(image_layer)
-    layer = viewer.add_labels(
-        np.zeros(shape, np.uint8),
-        name=SCRIBBLES,
-        scale=image_layer.scale[-2:],
-        translate=image_layer.translate[-2:],
-    )
+    shape = scribble_shape(image_layer)
+    layer = viewer.add_labels(np.zeros(shape, np.uint8), name=SCRIBBLES, **placement(image_layer))
     style_scribbles(layer)
     return layer
 
@@ -145,40 +210,54 @@ def _place_below(viewer, layer, anchor) -> None:
         viewer.layers.move(src, dst)
 
 
-def _add_image(viewer, role, shape, image_layer, **kwargs) -> Image:
+def _add_image(viewer, role, shape, image_layer, index=(), **kwargs) -> Image:
     return viewer.add_image(
         np.zeros(shape, np.float32),
         name=role,
         contrast_limits=(0.0, 1.0),
-        scale=image_layer.scale[-2:],
-        translate=image_layer.translate[-2:],
         metadata={ROLE_KEY: role},
+        **placement(image_layer, index),
         **kwargs,
     )
 
 
-def ensure_overlays(viewer, image_layer, scribbles_layer=None) -> list:
+def ensure_overlays(viewer, image_layer, scribbles_layer=None, index=()) -> list:
     """Find or create the three overlay layers (empty); returns the ones created.
 
     Creating layers is the slowest thing the main thread does for the plugin,
     so it happens once, before training starts, not while a worker competes
-    for the interpreter.
+    for the interpreter. Over a stack, overlays hold one slice (``index``)
+    and are placed on it.
     """
-    shape = spatial_shape(image_layer)
+    shape = overlay_shape(image_layer)
+    index = tuple(index) if len(shape) > 2 else ()
+    for role in OVERLAYS:  # made for an image of other dimensions: make them anew
+        layer = find_layer(viewer, role, Image)
+        if layer is not None and layer.ndim != len(shape):
+            viewer.layers.remove(layer)
     selection = viewer.layers.selection
     active, selected = selection.active, set(selection)
     created = []
     if find_layer(viewer, PREDICTION, Image) is None:
         cmap = prediction_colormap()
-        layer = _add_image(viewer, PREDICTION, shape, image_layer, colormap=cmap)
+        layer = _add_image(viewer, PREDICTION, shape, image_layer, index, colormap=cmap)
         created.append(layer)
     if find_layer(viewer, UNCERTAINTY, Image) is None:
         layer = _add_image(
-            viewer, UNCERTAINTY, shape, image_layer, colormap="inferno", opacity=0.6, visible=False
+            viewer,
+            UNCERTAINTY,
+            shape,
+            image_layer,
+            index,
+            colormap="inferno",
+            opacity=0.6,
+            visible=False,
         )
         created.append(layer)
     if find_layer(viewer, FRONTIER, Image) is None:
-        layer = _add_image(viewer, FRONTIER, shape, image_layer, colormap=frontier_colormap())
+        layer = _add_image(
+            viewer, FRONTIER, shape, image_layer, index, colormap=frontier_colormap()
+        )
         layer.data = np.zeros(shape, np.uint8)
         created.append(layer)
     for layer in created:
@@ -196,10 +275,19 @@ def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
 
     The active layer stays what it was, so painting continues undisturbed.
     """
-    ensure_overlays(viewer, image_layer, scribbles_layer)
-    find_layer(viewer, PREDICTION, Image).data = overlay.p_is
-    find_layer(viewer, UNCERTAINTY, Image).data = overlay.uncertainty
-    find_layer(viewer, FRONTIER, Image).data = overlay.frontier
+    index = tuple(getattr(overlay, "index", ()))
+    ensure_overlays(viewer, image_layer, scribbles_layer, index)
+    lead = (1,) * len(index)
+    where = placement(image_layer, index)["translate"] if index else None
+    for role, data in (
+        (PREDICTION, overlay.p_is),
+        (UNCERTAINTY, overlay.uncertainty),
+        (FRONTIER, overlay.frontier),
+    ):
+        layer = find_layer(viewer, role, Image)
+        if where is not None and not np.array_equal(layer.translate, where):
+            layer.translate = where  # the overlay of another slice: move it there
+        layer.data = data.reshape(lead + data.shape) if lead else data
 
 
 def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels:
@@ -211,8 +299,7 @@ def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels
     return viewer.add_labels(
         labels,
         name=name,
-        scale=image_layer.scale[-2:],
-        translate=image_layer.translate[-2:],
+        **placement(image_layer),
         opacity=0.6,
         colormap=mask_colormap(),
         metadata={ROLE_KEY: name},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -29,6 +30,7 @@ from ._loop import (
     live_training,
     predict_labels,
     predict_overlay,
+    predict_volume,
     start_warm_up,
 )
 
@@ -38,6 +40,22 @@ log = logging.getLogger(__name__)
 DEBOUNCE_MS = 300
 #: Training updates kept in ``TrainingSession.history`` (about 4 a second).
 MAX_HISTORY = 10_000
+#: After training, moving to another slice of a stack predicts it this soon
+#: after the slider stops.
+SLICE_PREVIEW_MS = 150
+
+
+def labels_mask(labels: np.ndarray, format: str = "binary") -> np.ndarray:
+    """A class map (1..K, 0 = invalid input) as the mask :meth:`Prediction.mask` writes."""
+    from ..inference import Prediction
+
+    if format == "labels":
+        return labels
+    if format != "binary":
+        raise ValueError(f"unknown mask format {format!r}; use 'binary' or 'labels'")
+    out = np.where(labels == 1, 255, 0).astype(np.uint8)
+    out[labels == Prediction.NODATA_LABELS] = Prediction.NODATA_BINARY
+    return out
 
 
 def _describe(exc: BaseException) -> str:
@@ -68,6 +86,8 @@ class TrainingSession:
     state_changed = Signal(bool)
     #: A background job (apply, preview) started (True) or ended (False).
     busy_changed = Signal(bool)
+    #: "Predict volume" finished: the Labels layer (complete or not).
+    volume_done = Signal(object)
 
     def __init__(self, viewer, train_config=None, model_config=None):
         self.viewer = viewer
@@ -98,11 +118,22 @@ class TrainingSession:
         self._closed = False
         self._image_shape: tuple = ()
         self._last_warning = ""
+        #: Slice of the stack the overlays show (``()`` for a 2D image).
+        self.prediction_index: tuple[int, ...] = ()
+        #: "Predict volume": the image layer, its class map (1..K, 0 = invalid),
+        #: and whether every slice was predicted.
+        self.volume: tuple | None = None
+        self.volume_complete = False
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._send_scribbles)
+        self._slice_timer = QTimer()
+        self._slice_timer.setSingleShot(True)
+        self._slice_timer.setInterval(SLICE_PREVIEW_MS)
+        self._slice_timer.timeout.connect(self._preview_slice)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.dims.events.current_step.connect(self._on_dims)
         start_warm_up(self.model_config)
 
     # -- state ------------------------------------------------------------
@@ -153,7 +184,8 @@ class TrainingSession:
         self._last_warning = ""
         self._posted.clear()
         self._dirty_since = None
-        self._placeholders = L.ensure_overlays(self.viewer, image_layer, scribbles_layer)
+        index = L.current_index(self.viewer, image_layer)
+        self._placeholders = L.ensure_overlays(self.viewer, image_layer, scribbles_layer, index)
         self._started_at = time.perf_counter()
         self.first_overlay_seconds = None
         self._overlays_at_start = self.overlay_count
@@ -164,6 +196,7 @@ class TrainingSession:
             scribbles,
             self.mailbox,
             version=self._version,
+            index=index,
             _start_thread=False,
         )
         worker.yielded.connect(self._on_yielded)
@@ -216,8 +249,28 @@ class TrainingSession:
         layer = self.image_layer
         if self.mailbox is None or layer is None or layer not in self.viewer.layers:
             return
-        (r0, c0), (r1, c1) = np.asarray(layer.corner_pixels)[:, -2:]
-        self.mailbox.post(view=(int(r0), int(r1) + 1, int(c0), int(c1) + 1))
+        self.mailbox.post(view=L.view_region(layer), index=L.current_index(self.viewer, layer))
+
+    def _on_dims(self, event=None) -> None:
+        """The viewer moved to another slice: the overlays follow it."""
+        layer = self.image_layer
+        if self._closed or layer is None or not L.lead_shape(layer):
+            return
+        if self.is_training:
+            self._post_view()
+        elif self.prediction is not None:
+            self._slice_timer.start()
+
+    def _preview_slice(self) -> None:
+        layer = self.image_layer
+        if self._closed or self.is_training or self.is_busy or layer not in self.viewer.layers:
+            return
+        seg = self.segmenter
+        if seg is None or seg.model is None or self.prediction is None:
+            return
+        index = L.current_index(self.viewer, layer)
+        if index != self.prediction_index:
+            self.preview(layer, index, progress=False)
 
     def _on_yielded(self, update: LoopUpdate) -> None:
         if self._ignore or self._closed:
@@ -250,6 +303,7 @@ class TrainingSession:
             self.stroke_latencies.append(now - self._posted.pop(v))
         self.prediction = overlay.prediction
         self.prediction_complete = overlay.complete
+        self.prediction_index = overlay.index
         if self.image_layer in self.viewer.layers:
             L.show_overlay(self.viewer, overlay, self.image_layer, self.scribbles_layer)
         if self.mailbox is not None:
@@ -308,6 +362,7 @@ class TrainingSession:
         if self.segmenter is not None:
             self.segmenter.reset()
         self.prediction = None
+        self.volume = None
         self.history.clear()
         for layer in list(self.viewer.layers):
             if layer.metadata.get(L.ROLE_KEY) in L.OVERLAYS:
@@ -357,6 +412,8 @@ class TrainingSession:
         """Write the current prediction as a mask file; returns the path."""
         from ..io import write_image
 
+        if self.image_layer is not None and L.lead_shape(self.image_layer):
+            return self._export_volume(path, format)
         if self.prediction is None:
             raise FrontierError("nothing to export yet: train the model (or load one) first")
         if not self.prediction_complete:
@@ -366,10 +423,30 @@ class TrainingSession:
             )
         return write_image(path, self.prediction.mask(format))
 
+    def _export_volume(self, path, format: str):
+        from ..io import write_image
+
+        layer = self.image_layer
+        if Path(path).suffix.lower() not in (".tif", ".tiff", ".npy"):
+            raise FrontierError(f"{path}: a volume is written as .tif or .npy")
+        if self.volume is None or self.volume[0] is not layer:
+            raise FrontierError(
+                f'"{layer.name}" is a stack and the live preview covers one slice: '
+                'click "Predict volume" first, then export'
+            )
+        if not self.volume_complete:
+            raise FrontierError(
+                "the volume prediction was cancelled before every slice was predicted; "
+                'click "Predict volume" again'
+            )
+        return write_image(path, labels_mask(self.volume[1], format), photometric="minisblack")
+
     # -- background jobs ----------------------------------------------------
-    def _run_job(self, func, args, on_result, desc: str) -> None:
+    def _run_job(self, func, args, on_result, desc: str, progress: bool = True) -> None:
         self._require_idle(desc)
-        job = create_worker(func, *args, _start_thread=False, _progress={"desc": desc})
+        job = create_worker(
+            func, *args, _start_thread=False, _progress={"desc": desc} if progress else None
+        )
 
         def returned(result):
             if self._closed:
@@ -396,21 +473,25 @@ class TrainingSession:
             raise FrontierError("train the model (or load one) first")
         return seg
 
-    def preview(self, image_layer) -> None:
-        """Predict ``image_layer`` in the background and show the overlays."""
+    def preview(self, image_layer, index=None, progress: bool = True) -> None:
+        """Predict ``image_layer`` (of a stack: the slice ``index``, default the one in
+        view) in the background and show the overlays."""
         seg = self._trained_segmenter()
         image = L.image_data(image_layer)
+        if index is None:
+            index = L.current_index(self.viewer, image_layer)
 
         def show(overlay):
             self.image_layer = image_layer
             self.prediction = overlay.prediction
             self.prediction_complete = overlay.complete
+            self.prediction_index = overlay.index
             if image_layer in self.viewer.layers:
                 L.show_overlay(self.viewer, overlay, image_layer, self.scribbles_layer)
             self.overlay_count += 1
             self.overlay_shown.emit(overlay)
 
-        self._run_job(predict_overlay, (seg, image), show, "predict the image")
+        self._run_job(predict_overlay, (seg, image, index), show, "predict the image", progress)
 
     def apply_to(self, image_layer) -> None:
         """Predict another image layer in the background; add its mask as a Labels layer."""
@@ -424,6 +505,63 @@ class TrainingSession:
 
         self._run_job(predict_labels, (seg, image), add, f"apply the model to {image_layer.name}")
 
+    def predict_volume(self, image_layer) -> None:
+        """Predict every slice of ``image_layer`` in the background, into a Labels layer.
+
+        The layer (``"<image> prediction"``, the stack's shape) fills slice by
+        slice; napari's activity dock shows the progress and can cancel it.
+        :meth:`export_mask` then writes the whole volume.
+        """
+        seg = self._trained_segmenter()
+        self._require_idle("predict the volume")
+        if image_layer is None:
+            raise FrontierError("choose the image to predict")
+        image = L.image_data(image_layer)
+        lay = seg.layout(image)
+        if lay.n_channels != seg.in_channels:
+            raise FrontierError(
+                f'the model was trained on {seg.in_channels} channel(s) but "{image_layer.name}" '
+                f"has {lay.n_channels}"
+            )
+        labels = np.zeros(lay.scribble_shape, np.uint8)
+        name = f"{image_layer.name} prediction"
+        layer = L.add_mask_layer(self.viewer, labels, image_layer, name)
+        labels = layer.data
+        self.volume, self.volume_complete = (image_layer, labels), False
+        self.image_layer = image_layer
+        state = {"done": 0}
+        job = create_worker(
+            predict_volume,
+            seg,
+            image,
+            _start_thread=False,
+            _progress={"total": lay.n_slices, "desc": f"predict {image_layer.name}"},
+        )
+
+        def on_slice(upd):
+            if self._closed:
+                return
+            if isinstance(upd, BaseException):
+                show_error(f"napari-frontier: {_describe(upd)}")
+                return
+            labels[upd.index] = upd.prediction.labels
+            state["done"] = upd.done
+            if layer in self.viewer.layers:
+                layer.refresh()
+
+        def finished():
+            self.job = None
+            self.volume_complete = state["done"] == lay.n_slices
+            if not self._closed:
+                self.busy_changed.emit(False)
+                self.volume_done.emit(layer)
+
+        job.yielded.connect(on_slice)
+        job.finished.connect(finished)
+        self.job = job
+        job.start()
+        self.busy_changed.emit(True)
+
     # -- teardown -------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
         """Stop everything and wait (up to ``timeout`` s) for the worker thread."""
@@ -431,6 +569,8 @@ class TrainingSession:
             return
         self._closed = True
         self.abort()
+        self._slice_timer.stop()
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        self.viewer.dims.events.current_step.disconnect(self._on_dims)
         if self.mailbox is not None:
             self.mailbox.wait_idle(timeout)

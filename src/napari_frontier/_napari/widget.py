@@ -135,7 +135,15 @@ class FrontierWidget(QWidget):
             'binary: 255 = "is", 0 = not; labels: 1 = "is", 2 = "is not"; 127 / 0 = no data'
         )
         self.export_button = self._button(
-            "Export mask…", "Write the current prediction as .tif/.png/.npy", self._on_export
+            "Export mask…",
+            "Write the current prediction as .tif/.png/.npy (of a stack: the predicted volume)",
+            self._on_export,
+        )
+        self.volume_button = self._button(
+            "Predict volume",
+            "Predict every slice of the image in the background into a Labels layer "
+            "(cancel it in the activity dock); Export then writes the whole volume",
+            self._on_predict_volume,
         )
         self.save_button = self._button("Save model…", "Save the network", self._on_save)
         self.load_button = self._button("Load model…", "Load a saved network", self._on_load)
@@ -149,13 +157,14 @@ class FrontierWidget(QWidget):
             self._on_suggest,
         )
         grid = QGridLayout()
-        grid.addWidget(self.format_box, 0, 0)
-        grid.addWidget(self.export_button, 0, 1)
-        grid.addWidget(self.save_button, 1, 0)
-        grid.addWidget(self.load_button, 1, 1)
-        grid.addWidget(QLabel("Apply to"), 2, 0)
-        grid.addWidget(self.apply_picker, 2, 1)
-        grid.addWidget(self.apply_button, 3, 1)
+        grid.addWidget(self.volume_button, 0, 0, 1, 2)
+        grid.addWidget(self.format_box, 1, 0)
+        grid.addWidget(self.export_button, 1, 1)
+        grid.addWidget(self.save_button, 2, 0)
+        grid.addWidget(self.load_button, 2, 1)
+        grid.addWidget(QLabel("Apply to"), 3, 0)
+        grid.addWidget(self.apply_picker, 3, 1)
+        grid.addWidget(self.apply_button, 4, 1)
         self.save_project_button = self._button(
             "Save project…",
             "Save image reference, scribbles, model and settings in one file",
@@ -169,9 +178,9 @@ class FrontierWidget(QWidget):
             "Add the autosaved scribbles of this image as a new layer and load the autosaved model",
             self._on_restore,
         )
-        grid.addWidget(self.save_project_button, 4, 0)
-        grid.addWidget(self.open_project_button, 4, 1)
-        grid.addWidget(self.restore_button, 5, 0, 1, 2)
+        grid.addWidget(self.save_project_button, 5, 0)
+        grid.addWidget(self.open_project_button, 5, 1)
+        grid.addWidget(self.restore_button, 6, 0, 1, 2)
         results = QGroupBox("Results")
         results.setLayout(grid)
 
@@ -200,6 +209,7 @@ class FrontierWidget(QWidget):
         s.updated.connect(self._on_update)
         s.state_changed.connect(self._on_state)
         s.busy_changed.connect(self._sync)
+        s.volume_done.connect(self._on_volume_done)
         self.image_picker.currentIndexChanged.connect(self._offer_restore)
         v.bind_key(KEY_TRAIN, self._key_toggle, overwrite=True)
         v.bind_key(KEY_SWAP, self._key_swap, overwrite=True)
@@ -224,6 +234,7 @@ class FrontierWidget(QWidget):
             self.save_button,
             self.load_button,
             self.apply_button,
+            self.volume_button,
             self.image_picker,
             self.scribbles_picker,
             self.new_button,
@@ -256,6 +267,10 @@ class FrontierWidget(QWidget):
         else:
             self.status.setText(IDLE_TEXT)
         self._sync()
+
+    def _on_volume_done(self, layer) -> None:
+        done = "predicted" if self.session.volume_complete else "cancelled: partly predicted"
+        self.status.setText(f'"{layer.name}": {done}')
 
     # -- scripting API --------------------------------------------------------
     @property
@@ -339,6 +354,12 @@ class FrontierWidget(QWidget):
             f'({found.get("saved_at") or "earlier"}); click "Restore autosave" to get them back'
         )
 
+    def predict_volume(self) -> None:
+        """Predict every slice of the chosen image in the background (a Labels layer)."""
+        image = self.image_picker.layer()
+        self.session.predict_volume(image)
+        self.status.setText(f'predicting every slice of "{image.name}"…')
+
     def apply_to(self, layer) -> None:
         """Predict another image layer (layer or name) in the background."""
         self.apply_picker.choose(layer)
@@ -349,7 +370,10 @@ class FrontierWidget(QWidget):
         pred, scribbles = self.session.prediction, self.scribbles_picker.layer()
         if pred is None:
             raise FrontierError("train first: suggestions come from the prediction")
+        index = self.session.prediction_index
         data = None if scribbles is None else scribbles.data
+        if data is not None and index and data.shape[: len(index)] == data.shape[:-2]:
+            data = data[index]  # the slice the prediction is of
         if data is not None and data.shape != pred.valid.shape:
             data = None
         where = suggest_location(pred.uncertainty, data)
@@ -357,7 +381,7 @@ class FrontierWidget(QWidget):
             show_info("napari-frontier: no uncertain unpainted area left")
             return None
         layer = self.session.image_layer or self.image_picker.layer()
-        world = layer.data_to_world(where) if layer is not None else where
+        world = layer.data_to_world((*index, *where)) if layer is not None else where
         _camera(self.viewer).center = tuple(world)[-2:]
         return where
 
@@ -425,6 +449,10 @@ class FrontierWidget(QWidget):
     @_shows_errors
     def _on_restore(self):
         self.restore_autosave()
+
+    @_shows_errors
+    def _on_predict_volume(self):
+        self.predict_volume()
 
     @_shows_errors
     def _on_apply(self):
