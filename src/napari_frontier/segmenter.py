@@ -526,7 +526,7 @@ class Segmenter:
 
 
 class _WeightAverage:
-    """Exponential moving average of a model's weights (buffers are copied).
+    """Exponential moving average of a model's weights and float buffers.
 
     The decay ramps up as ``(1 + n) / (10 + n)`` so that early predictions
     are not held back by the random initial weights.
@@ -548,7 +548,10 @@ class _WeightAverage:
         ema = list(self.module.parameters())
         torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - d)
         for be, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            be.copy_(b)
+            if be.is_floating_point():  # BatchNorm statistics follow the weights
+                be.lerp_(b, 1.0 - d)
+            else:
+                be.copy_(b)
 
 
 def _first_line(exc: BaseException) -> str:
