@@ -239,12 +239,19 @@ def load_checkpoint(path) -> dict:
                 "loaded; napari-frontier only loads plain weight checkpoints"
             ) from exc
         raise CheckpointError(f"{path}: not a readable checkpoint ({text})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a napari-frontier checkpoint")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {version} is newer than this napari-frontier "
-            f"understands ({CHECKPOINT_VERSION}); upgrade napari-frontier"
-        )
+    check_format(
+        payload, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", path, CheckpointError
+    )
     return payload
+
+
+def check_format(meta, fmt: str, newest: int, what: str, path, error: type) -> None:
+    """Raise ``error`` unless ``meta`` is a dict of format ``fmt``, version <= ``newest``."""
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise error(f"{path}: not a napari-frontier {what}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > newest:
+        raise error(
+            f"{path}: {what} format {version} is newer than this napari-frontier "
+            f"understands ({newest}); upgrade napari-frontier"
+        )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ImageError
-from .preprocess import DEFAULT_PERCENTILES, Prepared
+from .preprocess import _HUGE, DEFAULT_PERCENTILES, Prepared, validity_mask
 
 #: At most this many valid pixels per channel enter the percentile estimate
 #: (the same rule as :func:`napari_frontier.preprocess.prepare`).
@@ -158,10 +158,6 @@ def make_layout(
     return Layout(shape, channel_axis, channels)
 
 
-#: Channels with values beyond this are divided by their peak before normalising.
-_HUGE = 1e150
-
-
 @dataclass(frozen=True)
 class NormStats:
     """Per-channel normalisation ``(x - lo) / scale``, from whole-image percentiles."""
@@ -171,16 +167,6 @@ class NormStats:
     #: Per-channel divisor applied first, for values near the float64 limit
     #: (whose differences would overflow); empty = none.
     prescale: tuple[float, ...] = ()
-
-
-def _validity(cf: np.ndarray, nodata: float | None) -> np.ndarray:
-    if cf.dtype.kind == "f":
-        valid = np.isfinite(cf).all(axis=0)
-    else:
-        valid = np.ones(cf.shape[1:], dtype=bool)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= ~(cf == nodata).any(axis=0)
-    return valid
 
 
 def _check_dtype(dtype) -> None:
@@ -227,7 +213,7 @@ def compute_stats(
         for band in _bands(layout, s):
             cf = layout.read(image, idx, (slice(band.start, band.stop, s), slice(None, None, s)))
             _check_dtype(cf.dtype)
-            valid = _validity(cf, nodata)
+            valid = validity_mask(cf, nodata)
             chunks.append(cf[:, valid])
     samples_all = np.concatenate(chunks, axis=1) if chunks else np.empty((layout.n_channels, 0))
     n_valid = samples_all.shape[1]
@@ -258,7 +244,7 @@ def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> 
         raise ImageError(
             f"the slice has {cf.shape[0]} channel(s) but the statistics {len(stats.lo)}"
         )
-    valid = _validity(cf, nodata)
+    valid = validity_mask(cf, nodata)
     x = np.empty((cf.shape[0] + 1, *cf.shape[1:]), dtype=np.float32)
     for c in range(cf.shape[0]):
         chan = cf[c].astype(np.float64)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, FrontierIOError, ProjectError
-from .io import atomic_path, read_image
+from .io import atomic_path, check_format, read_image
 
 PROJECT_SUFFIX = ".frontier"
 PROJECT_FORMAT = "napari-frontier-project"
@@ -227,14 +227,7 @@ def project_info(path) -> dict:
 
 
 def _check_meta(meta, path: Path) -> None:
-    if not isinstance(meta, dict) or meta.get("format") != PROJECT_FORMAT:
-        raise ProjectError(f"{path}: not a napari-frontier project")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > PROJECT_VERSION:
-        raise ProjectError(
-            f"{path}: project format {version} is newer than this napari-frontier "
-            f"understands ({PROJECT_VERSION}); upgrade napari-frontier"
-        )
+    check_format(meta, PROJECT_FORMAT, PROJECT_VERSION, "project", path, ProjectError)
     if not isinstance(meta.get("image"), dict):
         raise ProjectError(f"{path}: the project does not say which image it belongs to")
 
