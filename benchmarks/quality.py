@@ -1,18 +1,25 @@
-"""Quality per second: napari-frontier against scikit-image's random-forest pixel classifier.
+"""Quality per second on the development set, the samples and synthetic composites.
 
-Runs side by side in one process on the same images and scribbles:
+For every image and seed, side by side in one process:
 
-* baseline: ``skimage.feature.multiscale_basic_features`` + ``RandomForestClassifier
-  (n_estimators=50, max_depth=10, n_jobs=-1)`` via ``skimage.future.fit_segmenter``
-  (timed as features + fit + predict);
-* napari-frontier at several training budgets (seconds);
-* a full-supervision ceiling: the same network trained on the complete ground truth.
+* ``rf``: scikit-image's random-forest pixel classifier on the same scribbles
+  (``multiscale_basic_features`` + 50 trees of depth 10; features + fit + predict);
+* ``frontier``: napari-frontier with every default, scored after each budget
+  (training time only: the clock stops while the checkpoint is predicted);
+* ``reference``: a plain U-Net from scratch (``benchmarks/reference.py``), same budgets;
+* ``ceiling``: napari-frontier trained on the complete ground truth.
 
-Data: the bundled samples, extra held-out sets made from other images of the
-source packages (``--extra``), or any folder of ``NAME_image.*``,
-``NAME_scribbles.*``, ``NAME_truth.*`` files (``--folder``).
+Then per image: the median over seeds, the seed spread (max - min) and, at
+the end, the mean and the worst case over images, and the issue's targets.
 
-    python benchmarks/quality.py --budgets 2 5 10 30 60 --seeds 0 1 2 --json out.json
+    python benchmarks/quality.py --budgets 5 10 60 --seeds 0 1 2 --jobs 2 --json out.json
+    python benchmarks/quality.py --steps --budgets 50 150 400 --methods frontier   # load-independent
+
+Data: ``sample_data/`` (nuclei, textures), ``../shared/devset`` (``--devset``,
+dense scribbles; ``--sparse`` adds the sparse scribbles), synthetic
+composites (``--synthetic``). IoU: foreground ("is") IoU for two classes,
+mean IoU over classes for K > 2; pixels outside the annotated region are not
+scored.
 """
 
 from __future__ import annotations
@@ -21,26 +28,63 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from napari_frontier.io import read_image
-from napari_frontier.metrics import score, truth_from_mask
-from napari_frontier.samples import load_sample, sample_names
-from napari_frontier.scribbles import simulate_scribbles
-from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+DEVSET = HERE.parent.parent / "shared" / "devset"
 
 
-def extra_sets() -> dict:
-    """Held-out images from other domains, never used to choose defaults' bars."""
+# -- data -------------------------------------------------------------------
+def _classes_from_binary(truth: np.ndarray) -> np.ndarray:
+    """Binary truth (1 object, 0 background, 255 not scored) -> 1 is / 2 is not / 0 void."""
+    out = np.where(truth == 1, 1, 2).astype(np.uint8)
+    out[truth == 255] = 0
+    return out
+
+
+def load_cases(devset: Path | None, sparse: bool, synthetic: bool, samples: bool) -> dict:
+    """``name -> (image, scribbles, truth classes 0..K, K)``."""
+    from napari_frontier.io import read_image
+    from napari_frontier.samples import load_sample, sample_names
+
+    cases = {}
+    if samples:
+        for name in sample_names():
+            s = load_sample(name)
+            cases[name] = (s["image"], s["scribbles"], _classes_from_binary(s["truth"] > 0), 2)
+    if devset is not None and devset.is_dir():
+        index = json.loads((devset / "index.json").read_text())
+        for entry in index:
+            d = devset / entry["case"]
+            image = read_image(d / "image.tif")
+            truth = read_image(d / "truth.tif")
+            if entry["task"] == "multiclass":
+                k = int(truth[truth != 255].max())
+                truth = np.where(truth == 255, 0, truth).astype(np.uint8)
+            else:
+                k, truth = 2, _classes_from_binary(truth)
+            variants = [("", "scribbles.tif")] + ([(":sparse", "scribbles_sparse.tif")] if sparse else [])
+            for suffix, fname in variants:
+                cases[entry["case"] + suffix] = (image, read_image(d / fname).astype(np.uint8), truth, k)
+    if synthetic:
+        for name, (image, scribbles, truth) in synthetic_cases().items():
+            cases[name] = (image, scribbles, _classes_from_binary(truth.astype(np.uint8)), 2)
+    return cases
+
+
+def synthetic_cases() -> dict:
+    """Composites: one texture inside random blobs, another outside (and a noisy-edge case)."""
     from skimage import data as skdata
     from skimage.data import binary_blobs
+
+    from napari_frontier.scribbles import simulate_scribbles
 
     out = {}
     gravel, grass, brick = skdata.gravel(), skdata.grass(), skdata.brick()
@@ -51,41 +95,30 @@ def extra_sets() -> dict:
         n = min(a.shape[0], b.shape[0], 512)
         truth = binary_blobs(length=n, blob_size_fraction=0.3, volume_fraction=0.45, rng=seed)
         image = np.where(truth, a[:n, :n], b[:n, :n]).astype(np.uint8)
-        out[name] = (
-            image,
-            simulate_scribbles(
-                truth, rng=seed, object_fraction=0.5, max_objects=4, margin=8, width=5
-            ),
-            truth,
-        )
-    # Colour photo: coins-like objects are not available with truth, so use the
-    # horse silhouette filled with a colour texture (chelsea) over coffee.
-    horse = ~skdata.horse()  # True = horse
-    h, w = horse.shape
-    fg = skdata.chelsea()[:h, :w] if skdata.chelsea().shape[0] >= h else None
-    bg = skdata.coffee()[:h, :w]
-    if fg is not None and fg.shape[:2] == (h, w) and bg.shape[:2] == (h, w):
-        image = np.where(horse[..., None], fg, bg).astype(np.uint8)
-        out["rgb_horse"] = (image, simulate_scribbles(horse, rng=5, margin=6, width=5), horse)
+        scr = simulate_scribbles(truth, rng=seed, object_fraction=0.5, max_objects=4, margin=8, width=5)
+        out[name] = (image, scr, truth)
+    # Faint blobs in strong noise with a smooth illumination gradient.
+    r = np.random.default_rng(7)
+    truth = binary_blobs(length=384, blob_size_fraction=0.08, volume_fraction=0.25, rng=7)
+    yy, xx = np.mgrid[:384, :384] / 384.0
+    image = 0.6 * truth + 0.8 * xx + r.normal(0, 0.35, truth.shape)
+    out["noisy_blobs"] = (
+        image.astype(np.float32),
+        simulate_scribbles(truth, rng=7, object_fraction=0.4, max_objects=12, margin=3, width=3),
+        truth,
+    )
     return out
 
 
-def folder_sets(folder: Path) -> dict:
-    out = {}
-    for img in sorted(folder.glob("*_image.*")):
-        stem = img.name.split("_image.")[0]
-        scr = next(folder.glob(f"{stem}_scribbles.*"), None)
-        gt = next(folder.glob(f"{stem}_truth.*"), None)
-        if scr is not None and gt is not None:
-            out[stem] = (read_image(img), read_image(scr), read_image(gt) > 0)
-    return out
+def iou_of(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
+    from napari_frontier.metrics import iou_per_class
+
+    ious = iou_per_class(pred, truth, k)
+    return float(ious[0]) if k == 2 else float(np.nanmean(ious))
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def baseline(image, scribbles, truth) -> dict:
+# -- methods ----------------------------------------------------------------
+def run_rf(image, scribbles, truth, k, seed) -> dict:
     from functools import partial
 
     from skimage.feature import multiscale_basic_features
@@ -94,109 +127,192 @@ def baseline(image, scribbles, truth) -> dict:
 
     t0 = time.perf_counter()
     channel_axis = -1 if image.ndim == 3 else None
+    img = np.nan_to_num(np.asarray(image, dtype=np.float32))
     feats = partial(
-        multiscale_basic_features,
-        intensity=True,
-        edges=True,
-        texture=True,
-        sigma_min=1,
-        sigma_max=16,
-        channel_axis=channel_axis,
-    )(image)
-    clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10)
+        multiscale_basic_features, intensity=True, edges=True, texture=True,
+        sigma_min=1, sigma_max=16, channel_axis=channel_axis,
+    )(img)  # fmt: skip
+    clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, random_state=seed)
     clf = fit_segmenter(scribbles, feats, clf)
     pred = predict_segmenter(feats, clf)
-    t = time.perf_counter() - t0
-    s = score(pred, truth_from_mask(truth))
-    return {"seconds": t, "iou": s.foreground_iou, "dice": s.foreground_dice, "bf1": s.boundary_f1}
+    return {"iou": iou_of(pred, truth, k), "seconds": time.perf_counter() - t0}
 
 
-def frontier(image, scribbles, truth, seconds, seed, threads) -> dict:
-    seg = Segmenter(train_config=TrainConfig(seed=seed, threads=threads, holdout_fraction=0))
-    last = seg.fit(image, scribbles, seconds=seconds)
+def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=None, model=None):
+    """IoU after each budget (seconds of training, or steps) in one continuous run."""
+    from napari_frontier.segmenter import Segmenter
+    from napari_frontier.training import TrainConfig
+
+    tc = TrainConfig(seed=seed, threads=1, **(train or {}))
+    seg = Segmenter(n_classes=k, train_config=tc, model_config=model)
+    todo = sorted(budgets)
+    out, paused = {}, 0.0
+    gen = seg.training(image, scribbles)
+    try:
+        for upd in gen:
+            at = upd.step if steps_mode else upd.elapsed - paused
+            while todo and at >= todo[0]:
+                t0 = time.perf_counter()
+                pred = seg.predict(image)
+                paused += time.perf_counter() - t0
+                b = todo.pop(0)
+                out[b] = {"iou": iou_of(pred.labels, truth, k), "step": upd.step,
+                          "seconds": upd.elapsed - paused}  # fmt: skip
+            if not todo:
+                break
+    finally:
+        gen.close()
     t0 = time.perf_counter()
-    pred = seg.predict(image)
-    t_inf = time.perf_counter() - t0
-    s = score(pred.labels, truth_from_mask(truth))
-    mp = truth.size / 1e6
-    return {
-        "iou": s.foreground_iou,
-        "dice": s.foreground_dice,
-        "bf1": s.boundary_f1,
-        "steps_per_s": last.steps_per_second,
-        "inference_s": t_inf,
-        "mp_per_s": mp / t_inf,
-    }
+    seg.predict(image)
+    out["predict_s"] = time.perf_counter() - t0
+    return out
 
 
-def ceiling(image, truth, seconds, seed, threads) -> float:
-    full = np.where(truth, 1, 2).astype(np.uint8)
-    r = frontier(image, full, truth, seconds, seed, threads)
-    return r["iou"]
+def run_reference(image, scribbles, truth, k, seed, budgets, steps_mode):
+    import torch
+
+    from reference import ReferenceTrainer
+
+    torch.set_num_threads(1)
+    r = ReferenceTrainer(image, scribbles, k, seed)
+    out, done = {}, 0.0
+    for b in sorted(budgets):
+        if steps_mode:
+            r.train(steps=int(b - done))
+        else:
+            r.train(seconds=b - done)
+        done = b
+        out[b] = {"iou": iou_of(r.predict(), truth, k), "step": r.steps, "seconds": r.elapsed}
+    return out
+
+
+def task(args):
+    name, method, seed, budgets, steps_mode, train, model, case = args
+    import torch
+
+    torch.set_num_threads(1)
+    image, scribbles, truth, k = case
+    if method == "rf":
+        return name, method, seed, run_rf(image, scribbles, truth, k, seed)
+    if method == "frontier":
+        return name, method, seed, run_frontier(
+            image, scribbles, truth, k, seed, budgets, steps_mode, train, model
+        )
+    if method == "reference":
+        return name, method, seed, run_reference(image, scribbles, truth, k, seed, budgets, steps_mode)
+    if method == "ceiling":
+        full = truth.copy()  # every scored pixel painted; not-scored pixels stay void
+        return name, method, seed, run_frontier(
+            image, full, truth, k, seed, budgets[-1:], steps_mode, train, model
+        )
+    raise ValueError(method)
+
+
+# -- report -----------------------------------------------------------------
+def summarise(results: dict, budgets, methods, unit: str) -> list[str]:
+    lines = []
+    med = statistics.median
+    head = f"{'image':24s} {'rf':>6s}"
+    for m in ("frontier", "reference"):
+        if m in methods:
+            head += "".join(f" {m[:3]}@{b:g}{unit:1s}".rjust(12) for b in budgets)
+    if "frontier" in methods:
+        head += f" {'spread':>7s}"
+    if "ceiling" in methods:
+        head += f" {'ceiling':>8s}"
+    lines.append(head)
+    agg: dict[str, list[float]] = {}
+    for name, r in results.items():
+        row = f"{name:24s}"
+        rf = med(x["iou"] for x in r["rf"]) if r.get("rf") else float("nan")
+        row += f" {rf:6.3f}"
+        agg.setdefault("rf", []).append(rf)
+        for m in ("frontier", "reference"):
+            if m not in methods:
+                continue
+            for b in budgets:
+                vals = [x[b]["iou"] for x in r.get(m, []) if b in x]
+                v = med(vals) if vals else float("nan")
+                agg.setdefault(f"{m}@{b:g}", []).append(v)
+                row += f" {v:11.3f}"
+        if "frontier" in methods:
+            last = [x[budgets[-1]]["iou"] for x in r.get("frontier", []) if budgets[-1] in x]
+            spread = max(last) - min(last) if last else float("nan")
+            agg.setdefault("spread", []).append(spread)
+            row += f" {spread:7.3f}"
+        if "ceiling" in methods:
+            c = [x[budgets[-1]]["iou"] for x in r.get("ceiling", []) if budgets[-1] in x]
+            v = med(c) if c else float("nan")
+            agg.setdefault("ceiling", []).append(v)
+            row += f" {v:8.3f}"
+        lines.append(row)
+    for label, fn in (("mean", np.nanmean), ("worst", np.nanmin)):
+        row = f"{label:24s} {fn(agg['rf']):6.3f}"
+        for m in ("frontier", "reference"):
+            if m in methods:
+                row += "".join(f" {fn(agg[f'{m}@{b:g}']):11.3f}" for b in budgets)
+        if "frontier" in methods:
+            row += f" {np.nanmax(agg['spread']):7.3f}"
+        if "ceiling" in methods:
+            row += f" {fn(agg['ceiling']):8.3f}"
+        lines.append(row)
+    lines.append("(worst: min over images of the seed median; spread column: max over images)")
+    return lines
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10, 30, 60])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 60])
+    p.add_argument("--steps", action="store_true", help="budgets are training steps, not seconds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--extra", action="store_true", help="also run the held-out extra sets")
-    p.add_argument("--only-extra", action="store_true")
-    p.add_argument("--folder", type=Path, default=None)
-    p.add_argument(
-        "--ceiling",
-        type=float,
-        default=0,
-        help="seconds for the full-supervision ceiling (0: skip)",
-    )
+    p.add_argument("--methods", nargs="+", default=["rf", "frontier", "reference"],
+                   choices=["rf", "frontier", "reference", "ceiling"])  # fmt: skip
+    p.add_argument("--devset", type=Path, default=DEVSET)
+    p.add_argument("--no-devset", action="store_true")
+    p.add_argument("--no-samples", action="store_true")
+    p.add_argument("--sparse", action="store_true", help="also the sparse devset scribbles")
+    p.add_argument("--synthetic", action="store_true", help="also the synthetic composites")
+    p.add_argument("--only", nargs="+", default=None, help="only these images")
+    p.add_argument("--train", type=json.loads, default=None, help="TrainConfig overrides (JSON)")
+    p.add_argument("--model", type=json.loads, default=None, help="ModelConfig overrides (JSON)")
+    p.add_argument("--jobs", type=int, default=1, help="processes (each one torch thread)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    threads = args.threads or os.cpu_count()
-    torch.set_num_threads(threads)
 
-    sets = {}
-    if not args.only_extra:
-        for name in sample_names():
-            s = load_sample(name)
-            sets[name] = (s["image"], s["scribbles"], s["truth"] > 0)
-    if args.extra or args.only_extra:
-        sets.update(extra_sets())
-    if args.folder:
-        sets.update(folder_sets(args.folder))
-
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__} threads={threads}, "
-        f"load average {os.getloadavg()[0]:.2f}, seeds {args.seeds}"
+    cases = load_cases(
+        None if args.no_devset else args.devset, args.sparse, args.synthetic, not args.no_samples
     )
-    results = {}
-    for name, (image, scribbles, truth) in sets.items():
-        row = {"baseline": [baseline(image, scribbles, truth) for _ in range(2)]}
-        for b in args.budgets:
-            row[f"{b:g}s"] = [
-                frontier(image, scribbles, truth, b, seed, threads) for seed in args.seeds
-            ]
-        if args.ceiling:
-            row["ceiling_iou"] = ceiling(image, truth, args.ceiling, 0, threads)
-        results[name] = row
-        med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-        base = med(row["baseline"], "iou")
-        line = f"{name:18s} baseline IoU {base:.3f} ({med(row['baseline'], 'seconds'):.1f} s)"
-        for b in args.budgets:
-            rs = row[f"{b:g}s"]
-            line += f" | {b:g}s IoU {med(rs, 'iou'):.3f} bF1 {med(rs, 'bf1'):.2f} ({med(rs, 'steps_per_s'):.0f} st/s)"
-        if args.ceiling:
-            line += f" | ceiling {row['ceiling_iou']:.3f}"
-        print(line, flush=True)
-        inf = row[f"{args.budgets[-1]:g}s"]
-        print(
-            f"{'':18s} inference {med(inf, 'inference_s'):.2f} s = {med(inf, 'mp_per_s'):.2f} MP/s; peak RSS {rss_mb():.0f} MB",
-            flush=True,
-        )
+    if args.only:
+        cases = {n: c for n, c in cases.items() if n in args.only}
+    budgets = sorted(args.budgets)
+    unit = "" if args.steps else "s"
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.2f}, jobs {args.jobs} x 1 torch thread, seeds {args.seeds}, "
+        f"budgets {budgets} {'steps' if args.steps else 's'}, train {args.train}, model {args.model}",
+        flush=True,
+    )
+    tasks = []
+    for name, case in cases.items():
+        for m in args.methods:
+            seeds = args.seeds[:1] if m == "ceiling" else args.seeds
+            for s in seeds:
+                tasks.append((name, m, s, budgets, args.steps, args.train, args.model, case))
+    # longest first keeps the pool busy
+    tasks.sort(key=lambda t: (t[1] == "rf", -t[7][0].size))
+    results: dict = {n: {} for n in cases}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for name, m, s, r in pool.map(task, tasks):
+            results[name].setdefault(m, []).append(r)
+            if m != "rf":
+                desc = " ".join(f"{b:g}:{r[b]['iou']:.3f}" for b in budgets if b in r)
+                print(f"  {name} {m} seed {s}: {desc}", flush=True)
+    for line in summarise(results, budgets, args.methods, unit):
+        print(line)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "results": results}, indent=1, default=str))  # fmt: skip
 
 
 if __name__ == "__main__":

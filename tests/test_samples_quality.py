@@ -1,16 +1,24 @@
-"""Quality on the bundled samples: a regression bar on foreground IoU."""
+"""Quality on the bundled samples, judged against a baseline run in the same test.
+
+A single seeded IoU bar fails on other CPUs and thread counts (rounding-level
+differences move one training run by more than any bar's margin). Instead
+the median over three seeds must reach scikit-image's random-forest pixel
+classifier trained on the same scribbles in the same test, less a small
+tolerance; the spread over seeds must stay small.
+"""
+
+import statistics
 
 import numpy as np
 import pytest
 
-from napari_frontier.metrics import score, truth_from_mask
+from napari_frontier.metrics import iou_per_class, truth_from_mask
 from napari_frontier.samples import load_sample, sample_names
 from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig
 
-# Measured with `python benchmarks/quality.py`: 10 s on 2 cores gives about
-# 0.83 (nuclei) and 0.89 (textures); 150 steps here take ~10 s on one thread.
-BARS = {"nuclei": 0.70, "textures": 0.75}
+STEPS = 300
+SEEDS = (0, 1, 2)
 
 
 def test_samples_ship_with_scribbles_and_truth():
@@ -23,13 +31,34 @@ def test_samples_ship_with_scribbles_and_truth():
         assert painted < 0.05  # a few strokes, not a full annotation
 
 
+def random_forest_iou(image, scribbles, truth) -> float:
+    from functools import partial
+
+    from skimage.feature import multiscale_basic_features
+    from skimage.future import fit_segmenter, predict_segmenter
+    from sklearn.ensemble import RandomForestClassifier
+
+    feats = partial(
+        multiscale_basic_features, intensity=True, edges=True, texture=True,
+        sigma_min=1, sigma_max=16,
+    )(image.astype(np.float32))  # fmt: skip
+    clf = RandomForestClassifier(n_estimators=50, max_depth=10, n_jobs=1, random_state=0)
+    pred = predict_segmenter(feats, fit_segmenter(scribbles, feats, clf))
+    return float(iou_per_class(pred, truth, 2)[0])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BARS))
-def test_iou_above_bar(name):
+@pytest.mark.parametrize("name", ["nuclei", "textures"])
+def test_median_of_three_seeds_reaches_the_random_forest(name):
     s = load_sample(name)
-    seg = Segmenter(train_config=TrainConfig(seed=0, threads=2, holdout_fraction=0))
-    seg.fit(s["image"], s["scribbles"], steps=150)
-    pred = seg.predict(s["image"])
-    iou = score(pred.labels, truth_from_mask(s["truth"])).foreground_iou
-    print(f"{name}: IoU {iou:.3f} after 150 steps")
-    assert iou > BARS[name]
+    truth = truth_from_mask(s["truth"])
+    rf = random_forest_iou(s["image"], s["scribbles"], truth)
+    ious = []
+    for seed in SEEDS:
+        seg = Segmenter(train_config=TrainConfig(seed=seed, threads=1))
+        seg.fit(s["image"], s["scribbles"], steps=STEPS)
+        ious.append(float(iou_per_class(seg.predict(s["image"]).labels, truth, 2)[0]))
+    med = statistics.median(ious)
+    print(f"{name}: random forest {rf:.3f}; {STEPS} steps, seeds {SEEDS}: {np.round(ious, 3)}")
+    assert med >= rf - 0.03
+    assert max(ious) - min(ious) < 0.15

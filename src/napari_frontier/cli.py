@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "--holdout",
         type=float,
         default=None,
-        help="share of strokes held out to measure accuracy (0 to use all)",
+        help="share of strokes held out of training to measure accuracy (default 0: every stroke trains)",
     )
 
     q = sub.add_parser(

@@ -125,3 +125,53 @@ def edge_aware_smoothness(
             weight = weight * (valid[..., :h, :w] & valid[..., dy:, dx:])
         total = total + (weight * ((pa - pb) ** 2).sum(1)).mean()
     return total
+
+
+#: Neighbour offsets of :func:`dense_crf_loss`: every (dy, dx) with
+#: 0 < dy^2 + dx^2 <= radius^2 in one half-plane (each pair counted once).
+def _offsets(radius: int, dilation: int) -> list[tuple[int, int]]:
+    out = []
+    for dy in range(0, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if (dy, dx) <= (0, 0) or dy * dy + dx * dx > radius * radius:
+                continue
+            out.append((dy * dilation, dx * dilation))
+    return out
+
+
+def dense_crf_loss(
+    probabilities: torch.Tensor,
+    image: torch.Tensor,
+    sigma: float = 0.15,
+    radius: int = 2,
+    dilation: int = 2,
+    sigma_xy: float = 3.0,
+    valid=None,
+) -> torch.Tensor:
+    """Relaxed Potts / CRF loss over a window of neighbours (Tang et al., ECCV 2018).
+
+    ``sum_k sum_ij w_ij p_i^k (1 - p_j^k)`` over pixel pairs at the offsets
+    of a disc of ``radius`` steps of ``dilation`` px, with the bilateral
+    weight ``w_ij = exp(-||I_i - I_j||^2 / 2 sigma^2 - d_ij^2 / 2 sigma_xy^2)``,
+    divided by the number of pairs. Labels play no part: it is minimal when
+    every similar-looking neighbourhood has one class, so it pulls the
+    frontier across the unpainted band to where the image changes.
+    """
+    total = probabilities.new_zeros(())
+    h0, w0 = probabilities.shape[-2:]
+    n_pairs = 0
+    for dy, dx in _offsets(radius, dilation):
+        h, w = h0 - dy, w0 - abs(dx)
+        if h <= 0 or w <= 0:
+            continue
+        xa, xb = (slice(0, w), slice(dx, dx + w)) if dx >= 0 else (slice(-dx, -dx + w), slice(0, w))
+        pa, pb = probabilities[..., :h, xa], probabilities[..., dy : dy + h, xb]
+        ia, ib = image[..., :h, xa], image[..., dy : dy + h, xb]
+        weight = torch.exp(
+            -((ia - ib) ** 2).sum(1) / (2 * sigma**2) - (dy * dy + dx * dx) / (2 * sigma_xy**2)
+        )
+        if valid is not None:
+            weight = weight * (valid[..., :h, xa] & valid[..., dy : dy + h, xb])
+        total = total + (weight * (pa * (1 - pb) + pb * (1 - pa)).sum(1)).sum()
+        n_pairs += weight.numel()
+    return total / max(n_pairs, 1)

@@ -45,11 +45,18 @@ class ModelConfig:
     context_stride: int = 4
     # "batch" (BatchNorm, folded into the weights for prediction) or "none".
     norm: str = "batch"
+    # How context and per-pixel features meet at full resolution: "add"
+    # (context logits upsampled and added to per-pixel logits) or "mlp"
+    # (context features upsampled and concatenated with the stem, then a
+    # per-pixel hidden layer: context changes how local appearance is read).
+    fuse: str = "add"
 
     def __post_init__(self):
         s = self.context_stride
         if s < 1 or s & (s - 1):
             raise ValueError(f"context_stride must be a power of two, got {s}")
+        if self.fuse not in ("add", "mlp"):
+            raise ValueError(f"fuse must be 'add' or 'mlp', got {self.fuse!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -66,6 +73,7 @@ class ModelConfig:
         # Checkpoints written before this setting existed hold the s = 1 network.
         d.setdefault("context_stride", 1)
         d.setdefault("norm", "batch")
+        d.setdefault("fuse", "add")
         if "sigmas" in d:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)
@@ -284,6 +292,13 @@ class FrontierNet(nn.Module):
             self.upconv.append(nn.ConvTranspose2d(prev, w, 2, stride=2))
             self.up.append(_block(2 * w, w, config.norm))
             prev = w
+        self.fuse = None
+        if config.fuse == "mlp":
+            # context features (upsampled) + stem -> hidden -> logits, per pixel
+            self.head = nn.Conv2d(prev, config.width, 1)
+            self.fuse = nn.Conv2d(2 * config.width, config.width, 1)
+            self.pixel = nn.Conv2d(config.width, config.n_classes, 1)
+            return
         self.head = nn.Conv2d(prev, config.n_classes, 1)
         self.pixel = None
         if config.pixel_branch:
@@ -317,6 +332,11 @@ class FrontierNet(nn.Module):
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
             h = block(torch.cat([upconv(h), skip], dim=1))
         out = self.head(h)
+        if self.fuse is not None:
+            if s > 1:
+                out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
+            hidden = torch.relu_(_pointwise([stem, out], self.fuse))
+            return _pointwise([hidden], self.pixel)
         if s > 1:
             out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
         if self.pixel is not None:

@@ -250,6 +250,10 @@ class Segmenter:
         if self._ema is not None:
             state.shadows = [self._ema.module]
         self._state = state
+        # Test-then-train: strokes that arrive while training runs are scored
+        # by the current model before they join the training set.
+        fresh = _FreshStrokeScore()
+        current = {u[0]: u[1] for u in units}
 
         def on_scribbles(new) -> str:
             new_list = _as_list(new)
@@ -270,6 +274,9 @@ class Segmenter:
             seen = set()
             for key, t, h in new_units:
                 seen.add(key)
+                if tc.holdout_fraction <= 0:
+                    fresh.score(state.model, self.device, prepared(key).x, current.get(key), t)
+                current[key] = t
                 if key in keys:
                     j = keys.index(key)
                     sampler.set_targets(j, t)
@@ -285,7 +292,8 @@ class Segmenter:
                     holdout.set_targets(j, none)
             return "scribbles updated"
 
-        gen = train_steps(state, sampler, tc, holdout, seconds, steps, on_scribbles)
+        judge = holdout if tc.holdout_fraction > 0 else fresh.accuracy
+        gen = train_steps(state, sampler, tc, judge, seconds, steps, on_scribbles)
         try:
             incoming = None
             while True:
@@ -523,6 +531,40 @@ class Segmenter:
         seg.model = model.to(seg.device)
         seg.step = int(payload.get("step", 0))
         return seg
+
+
+class _FreshStrokeScore:
+    """Accuracy of the model on strokes it has not trained on yet (test-then-train).
+
+    Each time new scribbles arrive, the pixels that are newly painted (or
+    painted with another class) are predicted by the current model before
+    they join the training set; :meth:`accuracy` is the pixel accuracy over
+    the last ``window`` such updates (None until a stroke is scored).
+    """
+
+    def __init__(self, window: int = 5):
+        from collections import deque
+
+        self._recent = deque(maxlen=window)
+
+    def score(self, model, device, x: np.ndarray, old: np.ndarray | None, new: np.ndarray) -> None:
+        fresh = new != IGNORE
+        if old is not None:
+            fresh &= new != old
+        if not fresh.any():
+            return
+        rows, cols = np.nonzero(fresh)
+        halo = model.config.halo
+        y0, y1 = max(0, rows.min() - halo), min(fresh.shape[0], rows.max() + 1 + halo)
+        x0, x1 = max(0, cols.min() - halo), min(fresh.shape[1], cols.max() + 1 + halo)
+        probs = predict_probabilities(model, x[:, y0:y1, x0:x1], device, halo=0)
+        pred = probs.argmax(0)
+        sel = fresh[y0:y1, x0:x1]
+        self._recent.append((int((pred[sel] == new[y0:y1, x0:x1][sel]).sum()), int(sel.sum())))
+
+    def accuracy(self) -> float | None:
+        total = sum(n for _, n in self._recent)
+        return sum(c for c, _ in self._recent) / total if total else None
 
 
 class _WeightAverage:

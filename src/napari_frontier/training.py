@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,12 @@ import torch
 
 from .errors import FrontierError
 from .labels import IGNORE
-from .losses import class_balance_weights, edge_aware_smoothness, masked_cross_entropy
+from .losses import (
+    class_balance_weights,
+    dense_crf_loss,
+    edge_aware_smoothness,
+    masked_cross_entropy,
+)
 from .sampling import PatchSampler
 
 
@@ -31,7 +36,10 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     class_balance: bool = True
-    holdout_fraction: float = 0.2
+    #: Fraction of strokes held out of training (a fixed split). 0, the
+    #: default: every stroke trains, and a stroke painted while training runs
+    #: is first scored by the current model (test-then-train).
+    holdout_fraction: float = 0.0
     seed: int | None = 0
     device: str = "auto"
     amp: bool = True
@@ -43,6 +51,10 @@ class TrainConfig:
     #: collapsed to one class after ~900 steps on a held-out texture set.
     ema: float = 0.0
     smoothness_sigma: float = 0.15
+    #: Label-free regulariser weighted by ``smoothness``: "neighbours"
+    #: (4-neighbour edge-aware smoothness) or "crf" (relaxed Potts / CRF
+    #: loss over a window of neighbours, :func:`losses.dense_crf_loss`).
+    smoothness_kind: str = "neighbours"
     update_interval: float = 0.25
     holdout_interval: float = 1.0
 
@@ -104,7 +116,9 @@ class TrainState:
     patch_size: int | None = None
 
 
-def _holdout_accuracy(model, sampler: PatchSampler, device, batch: int = 8) -> float | None:
+def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
+    if callable(sampler):  # test-then-train: accuracy on strokes before they trained
+        return sampler()
     if sampler is None or sampler.class_counts().sum() == 0:
         return None
     saved = sampler.rng
@@ -125,7 +139,7 @@ def train_steps(
     state: TrainState,
     sampler: PatchSampler,
     config: TrainConfig,
-    holdout: PatchSampler | None = None,
+    holdout: PatchSampler | Callable[[], float | None] | None = None,
     seconds: float | None = None,
     steps: int | None = None,
     on_scribbles=None,
@@ -133,7 +147,8 @@ def train_steps(
     """Train until ``seconds`` or ``steps`` is reached (or forever if both are None).
 
     Yields a :class:`TrainUpdate` about every ``config.update_interval``
-    seconds. A value sent into the generator is passed to ``on_scribbles``
+    seconds. ``holdout`` is a sampler of held-out strokes or a function that
+    returns the accuracy to report as ``holdout_accuracy`` (test-then-train). A value sent into the generator is passed to ``on_scribbles``
     (which updates the samplers) before the next step, so new strokes take
     effect without a restart. Closing the generator stops at once; the model
     keeps its current weights.
@@ -202,8 +217,9 @@ def train_steps(
             if config.smoothness > 0:
                 probs = torch.softmax(logits.float(), dim=1)
                 valid = xb[:, -1] > 0.5
-                loss = loss + config.smoothness * edge_aware_smoothness(
-                    probs, xb[:, :-1].float(), config.smoothness_sigma, valid
+                reg = dense_crf_loss if config.smoothness_kind == "crf" else edge_aware_smoothness
+                loss = loss + config.smoothness * reg(
+                    probs, xb[:, :-1].float(), config.smoothness_sigma, valid=valid
                 )
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
