@@ -3,9 +3,15 @@
 A batch is planned first (one :class:`BatchItem` per input, with its output
 paths), then run as a generator of :class:`BatchEvent` (so the CLI shows a
 progress bar and a GUI worker can report and cancel between images). An input
-that cannot be read is reported and skipped; the batch goes on. Outputs are
-written atomically, so an existing output is a finished one: running the same
-batch again skips it (``overwrite=True`` redoes it).
+that cannot be read is reported and skipped; the batch goes on.
+
+Outputs are written atomically, with their provenance inside them (input
+identity, model checksum, options: :mod:`napari_frontier.provenance`).
+Running a batch again skips an output only when its recorded provenance
+matches; any other output (other or changed input, other model, other
+options, a crash's leftovers, no record) is redone, and the event says why
+(``overwrite=True`` redoes everything). A single, explicitly named output
+file is not a batch: it is always written.
 
 Small images are read whole and predicted in memory. Zarr / OME-Zarr stores
 and TIFFs with more than ``lazy_pixels`` pixels are predicted block by block
@@ -23,6 +29,7 @@ from pathlib import Path
 
 from .errors import FrontierError, FrontierIOError
 from .io import IMAGE_SUFFIXES
+from .provenance import META_KEY
 
 #: TIFFs with more pixels than this are read lazily (tile by tile).
 LAZY_PIXELS = 64 * 2**20
@@ -86,22 +93,56 @@ class BatchItem:
     mask: Path
     probabilities: Path | None
     lazy: bool
+    #: False for a single, explicitly named output: always written, never skipped.
+    resumable: bool = True
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.mask, self.probabilities) if p is not None]
 
     @property
     def finished(self) -> bool:
         """All outputs exist (they are written atomically, so they are complete)."""
-        return self.mask.exists() and (self.probabilities is None or self.probabilities.exists())
+        return all(p.exists() for p in self.outputs)
+
+    def stale_reason(self, provenance: dict) -> str | None:
+        """Why this item must be (re)done, or None when every output is up to date.
+
+        ``"new"`` when no output exists yet (and no crash left a part), else one of
+        :data:`napari_frontier.provenance.REASONS`.
+        """
+        from .provenance import mismatch, part_files, read_provenance
+
+        if not any(p.exists() for p in self.outputs):
+            return "interrupted" if any(part_files(p) for p in self.outputs) else "new"
+        for p in self.outputs:
+            if not p.exists():
+                return "interrupted"
+            reason = mismatch(read_provenance(p), provenance)
+            if reason is not None:
+                return reason
+        return None
 
 
 @dataclass(frozen=True)
 class BatchEvent:
-    """Progress of a batch: ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """Progress of a batch: ``status`` is ``done``, ``skipped`` or ``failed``.
+
+    ``reason``: for ``done``, ``"new"`` (first time), ``"written"`` (a single named
+    output, always written) or why an existing output was redone (one of
+    :data:`napari_frontier.provenance.REASONS`); ``"up to date"`` for ``skipped``.
+    """
 
     item: BatchItem
     status: str
     index: int
     total: int
     message: str = ""
+    reason: str = ""
+
+    @property
+    def redone(self) -> bool:
+        return self.status == "done" and self.reason not in ("new", "written", "")
 
 
 def _out_name(src: Path, lazy: bool, ext: str, suffix: str = "") -> str:
@@ -139,7 +180,7 @@ def plan_batch(
             )
         else:
             mask, probs = out, Path(probabilities) if probabilities else None
-        items.append(BatchItem(p, mask, probs, lazy))
+        items.append(BatchItem(p, mask, probs, lazy, resumable=many))
     return items
 
 
@@ -150,8 +191,12 @@ def _prepare_folders(items) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def write_array(path, data) -> Path:
-    """Write an in-memory result atomically: a Zarr store for ``*.zarr``, else :func:`write_image`."""
+def write_array(path, data, attrs: dict | None = None) -> Path:
+    """Write an in-memory result atomically: a Zarr store for ``*.zarr``, else :func:`write_image`.
+
+    ``attrs``: napari-frontier metadata (e.g. provenance), in the Zarr attributes
+    or the TIFF description (``{"napari_frontier": attrs}``); other formats drop it.
+    """
     import shutil
 
     import numpy as np
@@ -159,8 +204,9 @@ def write_array(path, data) -> Path:
     from .io import write_image
 
     path = Path(path)
+    attrs = {"source": "napari-frontier", **(attrs or {})}
     if not _zarr_name(path):
-        return write_image(path, data)
+        return write_image(path, data, metadata={META_KEY: attrs})
     import zarr
 
     from .lazy import _create_array, _finish, _part
@@ -171,7 +217,7 @@ def write_array(path, data) -> Path:
         chunks = (*(1,) * (data.ndim - 2), *(min(2048, s) for s in data.shape[-2:]))
         fill = np.nan if data.dtype.kind == "f" else 0
         target = _create_array(
-            tmp, data.shape, chunks, data.dtype, fill, {"source": "napari-frontier"},
+            tmp, data.shape, chunks, data.dtype, fill, attrs,
             path.name.lower().endswith(".ome.zarr"), False,
         )  # fmt: skip
         zarr.open_array(target, mode="r+")[...] = data
@@ -185,6 +231,8 @@ def write_array(path, data) -> Path:
 
 
 def _write_from_zarr(zpath: Path, target: Path) -> None:
+    import zarr
+
     """Move or convert a finished Zarr output to the requested format."""
     import os
     import shutil
@@ -197,17 +245,19 @@ def _write_from_zarr(zpath: Path, target: Path) -> None:
             shutil.rmtree(target)
         os.replace(zpath, target)
         return
+    arr = zarr.open_array(str(zpath), mode="r")
+    meta = {META_KEY: dict(arr.attrs)}
     if target.suffix.lower() in (".tif", ".tiff"):
-        zarr_to_tiff(zpath, target)
+        zarr_to_tiff(arr, target, metadata=meta)
     else:
-        import zarr
-
-        write_image(target, zarr.open_array(str(zpath), mode="r")[...])
+        write_image(target, arr[...], metadata=meta)
     shutil.rmtree(zpath, ignore_errors=True)
 
 
-def _predict_item(seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_block, wthreads):
-    """Predict one input to its outputs."""
+def _predict_item(
+    seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_block, wthreads, attrs
+):
+    """Predict one input to its outputs; ``attrs`` (provenance) go into each output."""
     import shutil
 
     from .io import read_image
@@ -222,9 +272,13 @@ def _predict_item(seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_b
         image = read_image(it.source)
     if not it.lazy and scheduler is None:
         pred = seg.predict(image, tile=tile)
-        write_array(it.mask, pred.mask(fmt))
+        write_array(it.mask, pred.mask(fmt), attrs | {"kind": fmt})
         if it.probabilities is not None:
-            write_array(it.probabilities, pred.probabilities.astype("float32"))
+            write_array(
+                it.probabilities,
+                pred.probabilities.astype("float32"),
+                attrs | {"kind": "probabilities"},
+            )
         return
 
     # block path: Zarr as it goes, converted at the end when a TIFF is asked for
@@ -247,6 +301,7 @@ def _predict_item(seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_b
             workers=workers,
             progress=on_block,
             worker_threads=wthreads,
+            attrs=attrs,
         )
         if zmask != it.mask:
             _write_from_zarr(zmask, it.mask)
@@ -276,17 +331,36 @@ def run_batch(
     image predicted block by block (from a worker thread). ``workers``: threads
     in this process; ``worker_threads``: torch threads per cluster worker.
 
-    Failures of one input (unreadable, wrong shape) are yielded as ``failed``
-    events and the batch goes on. ``scheduler``: None (this process), or a
-    ``distributed`` address / client.
+    A resumable item whose outputs all carry matching provenance is skipped
+    (``overwrite=True`` redoes it); every output written records its
+    provenance. Failures of one input (unreadable, wrong shape) are yielded as
+    ``failed`` events and the batch goes on. ``scheduler``: None (this
+    process), or a ``distributed`` address / client.
     """
+    from .provenance import make_provenance, model_checksum, prediction_options, remove_parts
+
     _prepare_folders(items)
     total = len(items)
     channel_axis = seg.channel_axis
+    model_sha = model_checksum(seg)
+    options = prediction_options(seg, format)
     for n, it in enumerate(items, 1):
-        if it.finished and not overwrite:
-            yield BatchEvent(it, "skipped", n, total, "output exists")
+        try:
+            provenance = make_provenance(it.source, model_sha, options)
+        except OSError as exc:
+            yield BatchEvent(it, "failed", n, total, f"{it.source}: cannot read ({exc})")
             continue
+        if not it.resumable:
+            reason = "written"
+        else:
+            reason = it.stale_reason(provenance)
+            if reason is None and not overwrite:
+                yield BatchEvent(it, "skipped", n, total, "output up to date", "up to date")
+                continue
+            if overwrite and reason is None:
+                reason = "overwrite"
+        for out in it.outputs:
+            remove_parts(out)
 
         def on_block(d, t, it=it):
             if block_progress is not None:
@@ -295,12 +369,35 @@ def run_batch(
         seg.channel_axis = channel_axis
         try:
             _predict_item(
-                seg, it, format, tile, block, scheduler, workers, on_block, worker_threads
-            )
+                seg, it, format, tile, block, scheduler, workers, on_block, worker_threads,
+                {"provenance": provenance},
+            )  # fmt: skip
         except (FrontierError, OSError, ValueError) as exc:
             msg = str(exc) if isinstance(exc, FrontierError) else f"{type(exc).__name__}: {exc}"
-            yield BatchEvent(it, "failed", n, total, msg)
+            yield BatchEvent(it, "failed", n, total, msg, reason)
             continue
         finally:
             seg.channel_axis = channel_axis
-        yield BatchEvent(it, "done", n, total)
+        yield BatchEvent(it, "done", n, total, "", reason)
+
+
+def summarize(events: Sequence[BatchEvent]) -> str:
+    """One line: ``"3 done, 2 skipped (up to date), 1 redone (model changed), 1 failed"``."""
+    from collections import Counter
+
+    done = sum(e.status == "done" and not e.redone for e in events)
+    skipped = sum(e.status == "skipped" for e in events)
+    failed = sum(e.status == "failed" for e in events)
+    why = Counter(e.reason for e in events if e.redone)
+    parts = [f"{done} done"]
+    if skipped:
+        parts.append(f"{skipped} skipped (up to date)")
+    if why:
+        if len(why) == 1:
+            detail = next(iter(why))
+        else:
+            detail = ", ".join(f"{k}: {v}" for k, v in why.most_common())
+        parts.append(f"{sum(why.values())} redone ({detail})")
+    if failed:
+        parts.append(f"{failed} failed")
+    return ", ".join(parts)

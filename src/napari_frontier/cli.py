@@ -25,9 +25,12 @@ the image's shape without the channel axis. Zarr / OME-Zarr stores and TIFFs
 over 64 Mpx are never loaded whole: they are predicted block by block (with
 the model's halo of context) and written to Zarr as they go (a .tif output is
 a tiled TIFF). In a folder, Zarr inputs give Zarr outputs, others .tif.
-Outputs are written atomically: an existing output is finished, and running
-the same command again resumes an interrupted batch (--overwrite redoes it).
-Unreadable inputs are reported and skipped (exit status 1 at the end).
+Outputs are written atomically and record their provenance (input path,
+size and time or a Zarr content hash, model checksum, options). Running the
+same batch (-o FOLDER) again skips outputs whose provenance matches and
+redoes the others, saying why (--overwrite redoes all). A single named output
+file is always written. Unreadable inputs are reported and skipped (exit
+status 1 at the end).
 """
 
 
@@ -132,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--overwrite",
         action="store_true",
-        help="redo images whose outputs exist (default: skip them, so a batch can be resumed)",
+        help="redo every image (default: skip outputs whose recorded provenance matches)",
     )
     q.add_argument(
         "--scheduler",
@@ -379,7 +382,7 @@ def _cluster(args):
 def _predict(args) -> int:
     import os
 
-    from .batch import plan_batch, run_batch
+    from .batch import plan_batch, run_batch, summarize
     from .project import load_model
 
     seg = load_model(args.model, device=args.device)
@@ -396,7 +399,7 @@ def _predict(args) -> int:
     client, cluster = _cluster(args)
     if client is not None and not args.quiet:
         print(f"frontier: predicting on dask cluster {client.scheduler.address}", file=sys.stderr)
-    failures, skipped = 0, 0
+    events = []
     bar = _progress(len(items), "predicting", args.quiet, "image")
 
     def on_block(item, done, total):
@@ -417,31 +420,23 @@ def _predict(args) -> int:
                 worker_threads=args.threads
                 or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None),
             ):
+                events.append(ev)
                 if ev.status == "failed":
                     if not many:
                         from .errors import FrontierError
 
                         raise FrontierError(ev.message)
-                    failures += 1
                     bar.write(f"frontier: skipped {ev.item.source}: {ev.message}", file=sys.stderr)
-                elif ev.status == "skipped":
-                    skipped += 1
                 bar.update(1)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    if skipped and not args.quiet:
-        print(
-            f"frontier: {skipped} of {len(items)} image(s) already done (outputs exist); "
-            "use --overwrite to redo them",
-            file=sys.stderr,
-        )
-    if failures:
-        print(f"frontier: {failures} of {len(items)} image(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    failures = sum(ev.status == "failed" for ev in events)
+    if any(it.resumable for it in items) and (failures or not args.quiet):
+        print(f"frontier: {summarize(events)}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _export(args) -> int:
