@@ -23,6 +23,7 @@ path on the cluster; the result is the same as in one process.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +96,12 @@ class BatchItem:
     lazy: bool
     #: False for a single, explicitly named output: always written, never skipped.
     resumable: bool = True
+    #: The frontier as vectors (.geojson, .zip ROI set, .csv), or None.
+    vectors: Path | None = None
 
     @property
     def outputs(self) -> list[Path]:
-        return [p for p in (self.mask, self.probabilities) if p is not None]
+        return [p for p in (self.mask, self.probabilities, self.vectors) if p is not None]
 
     @property
     def finished(self) -> bool:
@@ -111,13 +114,17 @@ class BatchItem:
         ``"new"`` when no output exists yet (and no crash left a part), else one of
         :data:`napari_frontier.provenance.REASONS`.
         """
-        from .provenance import mismatch, part_files, read_provenance
+        from .provenance import VOUCHED_SUFFIXES, mismatch, part_files, read_provenance
 
+        crashed = any(part_files(p) for p in self.outputs)
         if not any(p.exists() for p in self.outputs):
-            return "interrupted" if any(part_files(p) for p in self.outputs) else "new"
+            return "interrupted" if crashed else "new"
         for p in self.outputs:
             if not p.exists():
-                return "interrupted"
+                return "interrupted" if crashed else "missing output"
+        for p in self.outputs:
+            if p.suffix.lower() in VOUCHED_SUFFIXES:
+                continue  # written before the mask, which vouches for it
             reason = mismatch(read_provenance(p), provenance)
             if reason is not None:
                 return reason
@@ -145,6 +152,14 @@ class BatchEvent:
         return self.status == "done" and self.reason not in ("new", "written", "")
 
 
+def _stem(src: Path) -> str:
+    name = src.name
+    for tail in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(tail):
+            return name[: -len(tail)]
+    return src.stem
+
+
 def _out_name(src: Path, lazy: bool, ext: str, suffix: str = "") -> str:
     name = src.name
     for tail in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif"):
@@ -161,13 +176,31 @@ def plan_batch(
     probabilities=None,
     lazy_pixels: int = LAZY_PIXELS,
     suffix: str = ".tif",
+    frontier=None,
+    frontier_suffix: str = ".geojson",
 ) -> list[BatchItem]:
-    """One :class:`BatchItem` per input; ``output`` is a file for one input, else a folder."""
+    """One :class:`BatchItem` per input; ``output`` is a file for one input, else a folder.
+
+    ``frontier``: where the frontier vectors go (a file for one input, else a
+    folder of ``<name><frontier_suffix>`` files), or None.
+    """
     paths = expand_inputs(inputs)
     if not paths:
         raise FrontierIOError(f"no input image found in {' '.join(map(str, inputs))}")
     out = Path(output)
-    many = len(paths) > 1 or (out.is_dir() and not _zarr_name(out))
+    from .lazy import is_zarr
+
+    # a batch: several images, or inputs named by a folder or a glob, or an output folder
+    many = (
+        len(paths) > 1
+        or (out.is_dir() and not _zarr_name(out))
+        or str(output).endswith(("/", os.sep))
+        or any(
+            (Path(pat).is_dir() and not is_zarr(pat))
+            or (not Path(pat).exists() and any(ch in str(pat) for ch in "*?["))
+            for pat in inputs
+        )
+    )
     items = []
     for p in paths:
         lazy = is_lazy(p, lazy_pixels)
@@ -178,17 +211,18 @@ def plan_batch(
                 if probabilities
                 else None
             )
+            vectors = Path(frontier) / (_stem(p) + frontier_suffix) if frontier else None
         else:
             mask, probs = out, Path(probabilities) if probabilities else None
-        items.append(BatchItem(p, mask, probs, lazy, resumable=many))
+            vectors = Path(frontier) if frontier else None
+        items.append(BatchItem(p, mask, probs, lazy, resumable=many, vectors=vectors))
     return items
 
 
 def _prepare_folders(items) -> None:
     for it in items:
-        for path in (it.mask, it.probabilities):
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+        for path in it.outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def write_array(path, data, attrs: dict | None = None) -> Path:
@@ -231,19 +265,16 @@ def write_array(path, data, attrs: dict | None = None) -> Path:
 
 
 def _write_from_zarr(zpath: Path, target: Path) -> None:
-    import zarr
-
     """Move or convert a finished Zarr output to the requested format."""
-    import os
     import shutil
 
+    import zarr
+
     from .io import write_image
-    from .lazy import zarr_to_tiff
+    from .lazy import _finish, zarr_to_tiff
 
     if _zarr_name(target):
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(zpath, target)
+        _finish(zpath, target)
         return
     arr = zarr.open_array(str(zpath), mode="r")
     meta = {META_KEY: dict(arr.attrs)}
@@ -272,6 +303,8 @@ def _predict_item(
         image = read_image(it.source)
     if not it.lazy and scheduler is None:
         pred = seg.predict(image, tile=tile)
+        if it.vectors is not None:  # first: the mask written last vouches for it
+            _write_vectors(seg, it, attrs, probabilities=pred.probabilities)
         write_array(it.mask, pred.mask(fmt), attrs | {"kind": fmt})
         if it.probabilities is not None:
             write_array(
@@ -283,8 +316,10 @@ def _predict_item(
 
     # block path: Zarr as it goes, converted at the end when a TIFF is asked for
     def staged(path):
-        if path is None or _zarr_name(path):
+        if path is None:
             return path
+        if _zarr_name(path):  # staged too when vectors must be written before it
+            return path if it.vectors is None else path.parent / f".staged.{path.name}"
         return path.parent / f".{path.name}.zarr"
 
     zmask, zprobs = staged(it.mask), staged(it.probabilities)
@@ -303,6 +338,8 @@ def _predict_item(
             worker_threads=wthreads,
             attrs=attrs,
         )
+        if it.vectors is not None:
+            _write_vectors(seg, it, attrs, labels=_labels_of_mask(zmask, fmt))
         if zmask != it.mask:
             _write_from_zarr(zmask, it.mask)
         if zprobs is not None and zprobs != it.probabilities:
@@ -311,6 +348,33 @@ def _predict_item(
         for z, final in ((zmask, it.mask), (zprobs, it.probabilities)):
             if z is not None and z != final:
                 shutil.rmtree(z, ignore_errors=True)
+
+
+def _labels_of_mask(path: Path, fmt: str):
+    """The class map (1..K, 0 = no-data) of a written mask."""
+    import numpy as np
+
+    from .lazy import open_lazy
+
+    mask = np.asarray(open_lazy(path).array[...])
+    if fmt == "labels":
+        return mask
+    return np.select([mask == 255, mask == 0], [1, 2], 0).astype(np.uint8)
+
+
+def _write_vectors(seg, it: BatchItem, attrs, labels=None, probabilities=None) -> None:
+    from .vectors import frontier_polygons, read_georeference, write_frontier
+
+    polygons = frontier_polygons(labels, probabilities)
+    shape = probabilities.shape[1:] if probabilities is not None else labels.shape
+    write_frontier(
+        it.vectors,
+        polygons,
+        georeference=read_georeference(it.source),
+        class_names=seg.class_names,
+        image_shape=shape,
+        provenance=attrs.get("provenance"),
+    )
 
 
 def run_batch(

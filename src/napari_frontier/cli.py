@@ -125,6 +125,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write P(class) as float32 (K, ...) TIFF or Zarr (a folder with several images)",
     )
+    q.add_argument(
+        "--frontier",
+        default=None,
+        metavar="PATH",
+        help="also write the frontier (P = 0.5 contours) as vectors: .geojson (world "
+        "coordinates and CRS for a GeoTIFF, else pixels), .zip (ImageJ/Fiji ROI set) or "
+        ".csv (object, class, ring, y, x); a folder with several images",
+    )
+    q.add_argument(
+        "--frontier-format",
+        choices=("geojson", "zip", "csv"),
+        default="geojson",
+        help="file type of the frontier files in a --frontier folder (default geojson)",
+    )
     q.add_argument("--tile", type=int, default=1024, help="tile side for sliding-window prediction")
     q.add_argument(
         "--block",
@@ -394,8 +408,22 @@ def _predict(args) -> int:
         seg.channel_axis = args.channel_axis
     if args.channels is not None:
         seg.channels = tuple(args.channels)
-    items = plan_batch(args.image, args.output, args.probabilities)
-    many = len(items) > 1
+    items = plan_batch(
+        args.image,
+        args.output,
+        args.probabilities,
+        frontier=args.frontier,
+        frontier_suffix=f".{args.frontier_format}",
+    )
+    if args.frontier and not items[0].resumable:
+        from .vectors import VECTOR_SUFFIXES
+
+        if Path(args.frontier).suffix.lower() not in VECTOR_SUFFIXES:
+            raise _Usage(
+                f"--frontier {args.frontier}: name a {', '.join(VECTOR_SUFFIXES)} file "
+                "(a folder only with several images)"
+            )
+    many = any(it.resumable for it in items)  # a batch: report failures, go on
     client, cluster = _cluster(args)
     if client is not None and not args.quiet:
         print(f"frontier: predicting on dask cluster {client.scheduler.address}", file=sys.stderr)
@@ -434,7 +462,7 @@ def _predict(args) -> int:
         if cluster is not None:
             cluster.close()
     failures = sum(ev.status == "failed" for ev in events)
-    if any(it.resumable for it in items) and (failures or not args.quiet):
+    if many and (failures or not args.quiet):
         print(f"frontier: {summarize(events)}", file=sys.stderr)
     return 1 if failures else 0
 

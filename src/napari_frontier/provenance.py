@@ -16,8 +16,11 @@ with a reason (:func:`mismatch`).
   training step does (:func:`model_checksum`).
 - **options**: mask format, classes, channel axis and channel selection.
 
-Formats that hold no metadata (PNG, JPEG, NPY) record nothing: their
-outputs are always redone.
+Frontier vectors record it too (GeoJSON: a top-level member; ImageJ ROI
+sets: the zip comment). Masks in formats that hold no metadata (PNG, JPEG,
+NPY) record nothing and are always redone. A CSV frontier records nothing
+either; it is written before the mask of the same image, so a matching mask
+vouches for it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ PROVENANCE_VERSION = 1
 #: Key of napari-frontier's metadata (TIFF description, OME-Zarr group attributes).
 META_KEY = "napari_frontier"
 
+#: Outputs that cannot record provenance but are written before the mask.
+VOUCHED_SUFFIXES = (".csv",)
+
 #: Reasons for redoing an output, as they appear in summaries.
 REASONS = (
     "interrupted",
+    "missing output",
     "no provenance",
     "other input",
     "input changed",
@@ -143,6 +150,13 @@ def read_provenance(path) -> dict | None:
             with tifffile.TiffFile(path) as tf:
                 shaped = tf.shaped_metadata or ({},)
                 meta = shaped[0].get(META_KEY, {})
+        elif path.suffix.lower() in (".geojson", ".json"):
+            meta = json.loads(path.read_text()).get(META_KEY, {})
+        elif path.suffix.lower() == ".zip":  # an ImageJ ROI set: the zip comment
+            import zipfile
+
+            with zipfile.ZipFile(path) as zf:
+                meta = json.loads(zf.comment.decode() or "{}").get(META_KEY, {})
         else:
             return None
         prov = meta.get("provenance") if isinstance(meta, dict) else None
@@ -175,19 +189,12 @@ def part_files(path) -> list[Path]:
     folder = path.parent
     if not folder.is_dir():
         return []
-    name = path.name
-    found = []
-    for q in folder.iterdir():
-        n = q.name
-        # .NAME.part, .NAME.XXXX.part (atomic files), .NAME.zarr (staged blocks),
-        # ..NAME.zarr.part, .NAME.old
-        if (
-            n.startswith(".")
-            and n.lstrip(".").startswith(f"{name}.")
-            and n.endswith((".part", ".zarr", ".old"))
-        ):
-            found.append(q)
-    return sorted(found)
+    import re
+
+    # .NAME.part, .NAME.XXXX.part (atomic files), .NAME.zarr (staged blocks),
+    # ..NAME.zarr.part, .NAME.old, .staged.NAME (a staged Zarr output) and its parts
+    pattern = re.compile(r"^\.+(staged\.)?" + re.escape(path.name) + r"(\..+)?$")
+    return sorted(q for q in folder.iterdir() if q.name != path.name and pattern.match(q.name))
 
 
 def remove_parts(path) -> None:
