@@ -66,6 +66,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=int, default=None, help="number of training steps")
     t.add_argument(
+        "--until-stable",
+        action="store_true",
+        help="stop once the prediction (of a central crop of the first image) has been "
+        "stable for --stable-seconds; --seconds / --steps cap it (default cap 300 s)",
+    )
+    t.add_argument(
+        "--stable-seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="how long the prediction must stay stable (default 20)",
+    )
+    t.add_argument(
+        "--stable-threshold",
+        type=float,
+        default=0.001,
+        metavar="F",
+        help="largest fraction of pixels that may change while stable (default 0.001 = 0.1 %%)",
+    )
+    t.add_argument(
+        "--stable-interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between the predictions compared (default 2)",
+    )
+    t.add_argument(
         "--classes",
         type=int,
         default=2,
@@ -248,7 +275,7 @@ def _train(args) -> int:
             f"{len(args.image)} image(s) but {len(args.scribbles)} scribble file(s); give one scribble file per image"
         )
     if args.seconds is None and args.steps is None:
-        args.seconds = 60.0
+        args.seconds = 300.0 if args.until_stable else 60.0
     overrides = {
         k: getattr(args, k)
         for k in ("patch_size", "batch_size", "learning_rate")
@@ -280,17 +307,49 @@ def _train(args) -> int:
     bar = _progress(total, "training", args.quiet, unit)
     last = None
     first_step = seg.step
+
+    def show(upd, stability=None):
+        done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
+        bar.n = min(total, done)
+        bar.refresh()
+        hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
+        text = f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
+        if stability is not None:
+            text += f"; {stability.describe()}"
+        bar.set_postfix_str(text)
+
+    stopped = None
     with bar, _keep_model_on_failure(seg, args.output):
-        for upd in seg.training(images, scribbles, seconds=args.seconds, steps=args.steps):
-            last = upd
-            done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
-            bar.n = min(total, done)
-            bar.refresh()
-            hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
-            bar.set_postfix_str(
-                f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
+        if args.until_stable:
+            from .convergence import fit_until_stable
+
+            stopped = fit_until_stable(
+                seg,
+                images,
+                scribbles,
+                max_seconds=args.seconds,
+                max_steps=args.steps,
+                threshold=args.stable_threshold,
+                window=args.stable_seconds,
+                interval=args.stable_interval,
+                callback=show,
             )
+            last = stopped.update
+        else:
+            for upd in seg.training(images, scribbles, seconds=args.seconds, steps=args.steps):
+                last = upd
+                show(upd)
     _save_or_rescue(seg, args.output)
+    if stopped is not None and not args.quiet:
+        st = stopped.stability
+        if stopped.reason == "stable":
+            print(f"frontier: stopped: prediction {st.describe()}", file=sys.stderr)
+        else:
+            print(
+                f"frontier: stopped: {stopped.reason} reached before the prediction was stable"
+                + (f" ({st.describe()})" if st is not None else ""),
+                file=sys.stderr,
+            )
     if not args.quiet:
         hold = "n/a" if last.holdout_accuracy is None else f"{last.holdout_accuracy:.3f}"
         print(
