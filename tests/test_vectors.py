@@ -247,3 +247,32 @@ def test_cli_frontier_outputs(tmp_path, model, capsys):
     code = cli.main([str(a) for a in ["predict", m, tmp_path / "geo.tif", "-o",
                                       tmp_path / "m2.tif", "--frontier", tmp_path / "f.shp"]])  # fmt: skip
     assert code == 2 and "--frontier" in capsys.readouterr().err
+
+
+def test_zarr_inputs_get_vectors_from_the_block_path(tmp_path, model, capsys):
+    zarr = pytest.importorskip("zarr")
+    m, img = model
+    (tmp_path / "in").mkdir()
+    for name in ("a.zarr", "b.ome.zarr"):
+        z = zarr.create_array(store=str(tmp_path / "in" / name), shape=img.shape,
+                              chunks=(32, 32), dtype=img.dtype)  # fmt: skip
+        z[...] = img
+    run = ["predict", m, tmp_path / "in", "-o", tmp_path / "out", "--frontier", tmp_path / "vec",
+           "--frontier-format", "csv", "--block", "32"]  # fmt: skip
+    assert cli.main([str(a) for a in run]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.zarr", "b.ome.zarr"]
+    assert sorted(p.name for p in (tmp_path / "vec").iterdir()) == ["a.csv", "b.csv"]
+    mask = zarr.open_array(str(tmp_path / "out" / "a.zarr"), mode="r")[...]
+    with open(tmp_path / "vec" / "a.csv") as f:
+        rows = list(csv.DictReader(f))
+    objects = {}
+    for row in rows:
+        rings = objects.setdefault(int(row["object"]), ({}, int(row["class"])))[0]
+        rings.setdefault(int(row["ring"]), []).append((float(row["x"]), float(row["y"])))
+    raster = _raster([([v for _, v in sorted(r.items())], k) for r, k in objects.values()],
+                     mask.shape)  # fmt: skip
+    assert _iou(raster == 1, mask == 255) >= 0.99
+    assert read_provenance(tmp_path / "out" / "b.ome.zarr") is not None
+    capsys.readouterr()
+    assert cli.main([str(a) for a in run]) == 0
+    assert "0 done, 2 skipped (up to date)" in capsys.readouterr().err
