@@ -179,7 +179,7 @@ def test_cli_batch_resume_skip_and_zarr(tmp_path, checkpoint, trained, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     time.sleep(0.05)
     code, err = _cli(["predict", checkpoint, imgs, tmp_path / "stack.tif", "-o", out], capsys)
-    assert code == 1 and "4 of 5 image(s) already done" in err, err
+    assert code == 1 and "0 done, 4 skipped (up to date), 1 failed" in err, err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     code, err = _cli(["predict", checkpoint, f"{imgs}/[ab].tif", "-o", out, "--overwrite"], capsys)
     assert code == 0, err

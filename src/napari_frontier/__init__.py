@@ -21,6 +21,10 @@ _LAZY = {
     "simulate_scribbles": "scribbles",
     "load_sample": "samples",
     "sample_names": "samples",
+    "StabilityMonitor": "convergence",
+    "fit_until_stable": "convergence",
+    "frontier_polygons": "vectors",
+    "write_frontier": "vectors",
 }
 
 __all__ = ["__version__", *_LAZY]

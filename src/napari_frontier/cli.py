@@ -25,9 +25,12 @@ the image's shape without the channel axis. Zarr / OME-Zarr stores and TIFFs
 over 64 Mpx are never loaded whole: they are predicted block by block (with
 the model's halo of context) and written to Zarr as they go (a .tif output is
 a tiled TIFF). In a folder, Zarr inputs give Zarr outputs, others .tif.
-Outputs are written atomically: an existing output is finished, and running
-the same command again resumes an interrupted batch (--overwrite redoes it).
-Unreadable inputs are reported and skipped (exit status 1 at the end).
+Outputs are written atomically and record their provenance (input path,
+size and time or a Zarr content hash, model checksum, options). Running the
+same batch (-o FOLDER) again skips outputs whose provenance matches and
+redoes the others, saying why (--overwrite redoes all). A single named output
+file is always written. Unreadable inputs are reported and skipped (exit
+status 1 at the end).
 """
 
 
@@ -62,6 +65,33 @@ def _parser() -> argparse.ArgumentParser:
         help="wall-clock training budget (default 60 if --steps is not given)",
     )
     t.add_argument("--steps", type=int, default=None, help="number of training steps")
+    t.add_argument(
+        "--until-stable",
+        action="store_true",
+        help="stop once the prediction (of a central crop of the first image) has been "
+        "stable for --stable-seconds; --seconds / --steps cap it (default cap 300 s)",
+    )
+    t.add_argument(
+        "--stable-seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="how long the prediction must stay stable (default 20)",
+    )
+    t.add_argument(
+        "--stable-threshold",
+        type=float,
+        default=0.001,
+        metavar="F",
+        help="largest fraction of pixels that may change while stable (default 0.001 = 0.1 %%)",
+    )
+    t.add_argument(
+        "--stable-interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between the predictions compared (default 2)",
+    )
     t.add_argument(
         "--classes",
         type=int,
@@ -122,6 +152,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write P(class) as float32 (K, ...) TIFF or Zarr (a folder with several images)",
     )
+    q.add_argument(
+        "--frontier",
+        default=None,
+        metavar="PATH",
+        help="also write the frontier (P = 0.5 contours) as vectors: .geojson (world "
+        "coordinates and CRS for a GeoTIFF, else pixels), .zip (ImageJ/Fiji ROI set) or "
+        ".csv (object, class, ring, y, x); a folder with several images",
+    )
+    q.add_argument(
+        "--frontier-format",
+        choices=("geojson", "zip", "csv"),
+        default="geojson",
+        help="file type of the frontier files in a --frontier folder (default geojson)",
+    )
     q.add_argument("--tile", type=int, default=1024, help="tile side for sliding-window prediction")
     q.add_argument(
         "--block",
@@ -132,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--overwrite",
         action="store_true",
-        help="redo images whose outputs exist (default: skip them, so a batch can be resumed)",
+        help="redo every image (default: skip outputs whose recorded provenance matches)",
     )
     q.add_argument(
         "--scheduler",
@@ -231,7 +275,7 @@ def _train(args) -> int:
             f"{len(args.image)} image(s) but {len(args.scribbles)} scribble file(s); give one scribble file per image"
         )
     if args.seconds is None and args.steps is None:
-        args.seconds = 60.0
+        args.seconds = 300.0 if args.until_stable else 60.0
     overrides = {
         k: getattr(args, k)
         for k in ("patch_size", "batch_size", "learning_rate")
@@ -263,17 +307,49 @@ def _train(args) -> int:
     bar = _progress(total, "training", args.quiet, unit)
     last = None
     first_step = seg.step
+
+    def show(upd, stability=None):
+        done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
+        bar.n = min(total, done)
+        bar.refresh()
+        hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
+        text = f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
+        if stability is not None:
+            text += f"; {stability.describe()}"
+        bar.set_postfix_str(text)
+
+    stopped = None
     with bar, _keep_model_on_failure(seg, args.output):
-        for upd in seg.training(images, scribbles, seconds=args.seconds, steps=args.steps):
-            last = upd
-            done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
-            bar.n = min(total, done)
-            bar.refresh()
-            hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
-            bar.set_postfix_str(
-                f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
+        if args.until_stable:
+            from .convergence import fit_until_stable
+
+            stopped = fit_until_stable(
+                seg,
+                images,
+                scribbles,
+                max_seconds=args.seconds,
+                max_steps=args.steps,
+                threshold=args.stable_threshold,
+                window=args.stable_seconds,
+                interval=args.stable_interval,
+                callback=show,
             )
+            last = stopped.update
+        else:
+            for upd in seg.training(images, scribbles, seconds=args.seconds, steps=args.steps):
+                last = upd
+                show(upd)
     _save_or_rescue(seg, args.output)
+    if stopped is not None and not args.quiet:
+        st = stopped.stability
+        if stopped.reason == "stable":
+            print(f"frontier: stopped: prediction {st.describe()}", file=sys.stderr)
+        else:
+            print(
+                f"frontier: stopped: {stopped.reason} reached before the prediction was stable"
+                + (f" ({st.describe()})" if st is not None else ""),
+                file=sys.stderr,
+            )
     if not args.quiet:
         hold = "n/a" if last.holdout_accuracy is None else f"{last.holdout_accuracy:.3f}"
         print(
@@ -379,7 +455,7 @@ def _cluster(args):
 def _predict(args) -> int:
     import os
 
-    from .batch import plan_batch, run_batch
+    from .batch import plan_batch, run_batch, summarize
     from .project import load_model
 
     seg = load_model(args.model, device=args.device)
@@ -391,12 +467,26 @@ def _predict(args) -> int:
         seg.channel_axis = args.channel_axis
     if args.channels is not None:
         seg.channels = tuple(args.channels)
-    items = plan_batch(args.image, args.output, args.probabilities)
-    many = len(items) > 1
+    items = plan_batch(
+        args.image,
+        args.output,
+        args.probabilities,
+        frontier=args.frontier,
+        frontier_suffix=f".{args.frontier_format}",
+    )
+    if args.frontier and not items[0].resumable:
+        from .vectors import VECTOR_SUFFIXES
+
+        if Path(args.frontier).suffix.lower() not in VECTOR_SUFFIXES:
+            raise _Usage(
+                f"--frontier {args.frontier}: name a {', '.join(VECTOR_SUFFIXES)} file "
+                "(a folder only with several images)"
+            )
+    many = any(it.resumable for it in items)  # a batch: report failures, go on
     client, cluster = _cluster(args)
     if client is not None and not args.quiet:
         print(f"frontier: predicting on dask cluster {client.scheduler.address}", file=sys.stderr)
-    failures, skipped = 0, 0
+    events = []
     bar = _progress(len(items), "predicting", args.quiet, "image")
 
     def on_block(item, done, total):
@@ -417,31 +507,23 @@ def _predict(args) -> int:
                 worker_threads=args.threads
                 or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None),
             ):
+                events.append(ev)
                 if ev.status == "failed":
                     if not many:
                         from .errors import FrontierError
 
                         raise FrontierError(ev.message)
-                    failures += 1
                     bar.write(f"frontier: skipped {ev.item.source}: {ev.message}", file=sys.stderr)
-                elif ev.status == "skipped":
-                    skipped += 1
                 bar.update(1)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    if skipped and not args.quiet:
-        print(
-            f"frontier: {skipped} of {len(items)} image(s) already done (outputs exist); "
-            "use --overwrite to redo them",
-            file=sys.stderr,
-        )
-    if failures:
-        print(f"frontier: {failures} of {len(items)} image(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    failures = sum(ev.status == "failed" for ev in events)
+    if many and (failures or not args.quiet):
+        print(f"frontier: {summarize(events)}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _export(args) -> int:

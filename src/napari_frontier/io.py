@@ -169,12 +169,18 @@ def _disk_full(folder: Path, margin: int = 1 << 16) -> bool:
 
 
 def write_image(
-    path, data: np.ndarray, compression: str | None = "zlib", photometric: str | None = None
+    path,
+    data: np.ndarray,
+    compression: str | None = "zlib",
+    photometric: str | None = None,
+    metadata: dict | None = None,
 ) -> Path:
     """Write ``data`` atomically; the format follows the suffix (TIFF, PNG, JPEG, NPY).
 
     ``photometric`` (TIFF only): e.g. ``"minisblack"`` for a stack of masks,
     which tifffile would otherwise take for RGB(A) planes when it has 3 or 4 slices.
+    ``metadata`` (TIFF only; other formats ignore it): JSON-able dict stored in
+    the ImageDescription beside the shape (read back by ``TiffFile.shaped_metadata``).
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -190,7 +196,13 @@ def write_image(
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, data, compression=compression, photometric=photometric)
+            tifffile.imwrite(
+                tmp,
+                data,
+                compression=compression,
+                photometric=photometric,
+                metadata=dict(metadata or {}),
+            )
         else:
             import imageio.v3 as iio
 

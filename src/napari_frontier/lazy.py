@@ -418,6 +418,7 @@ def predict_to_zarr(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     worker_threads: int | None = None,
+    attrs: dict | None = None,
 ) -> dict[str, Path]:
     """Predict ``image`` block by block into Zarr stores, without loading it whole.
 
@@ -444,6 +445,9 @@ def predict_to_zarr(
         a shared file system).
     progress
         Called as ``progress(done, total)`` after each block.
+    attrs
+        More attributes for the outputs (e.g. ``{"provenance": ...}``), written
+        before the store is renamed into place.
 
     Returns
     -------
@@ -464,6 +468,7 @@ def predict_to_zarr(
         "class_names": list(seg.class_names),
         "nodata_binary": 127,
         "nodata_labels": 0,
+        **(attrs or {}),
     }
     outputs, targets, parts = {}, {}, []
     try:
@@ -555,8 +560,11 @@ def predict_blocks(
     return Prediction(probabilities=probs, valid=valid)
 
 
-def zarr_to_tiff(source, path, tile: int = 256) -> Path:
-    """Copy a Zarr array (2D, or pages of a stack) to a tiled, compressed TIFF, band by band."""
+def zarr_to_tiff(source, path, tile: int = 256, metadata: dict | None = None) -> Path:
+    """Copy a Zarr array (2D, or pages of a stack) to a tiled, compressed TIFF, band by band.
+
+    ``metadata``: JSON-able dict for the ImageDescription (as in :func:`~napari_frontier.io.write_image`).
+    """
     import tifffile
     import zarr
 
@@ -590,6 +598,7 @@ def zarr_to_tiff(source, path, tile: int = 256) -> Path:
             tile=(tile, tile),
             compression="zlib",
             bigtiff=arr.nbytes > 2**31,
+            metadata=dict(metadata or {}),
         )
     return Path(path)
 
