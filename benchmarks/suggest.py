@@ -59,7 +59,11 @@ def load_case(name: str, devset: Path):
     raw = read_image(d / "truth.tif")
     truth = np.where(raw == 1, 1, 2).astype(np.uint8)
     truth[raw == 255] = 0
-    return read_image(d / "image.tif"), read_image(d / "scribbles_sparse.tif").astype(np.uint8), truth
+    return (
+        read_image(d / "image.tif"),
+        read_image(d / "scribbles_sparse.tif").astype(np.uint8),
+        truth,
+    )
 
 
 # -- the simulated user --------------------------------------------------------
@@ -103,7 +107,7 @@ class User:
         line = [(r, c)]
         for sgn in (1, -1):
             for s in range(1, self.length // 2 + 1):
-                y, x = int(round(r + sgn * s * ty)), int(round(c + sgn * s * tx))
+                y, x = round(r + sgn * s * ty), round(c + sgn * s * tx)
                 if not (0 <= y < h and 0 <= x < w) or not inside[y, x]:
                     break
                 line.append((y, x))
@@ -180,7 +184,7 @@ def run_case(name, image, scribbles0, truth, seed, strategies, n_strokes, steps,
         seg, scribbles, pred = copy.deepcopy(seg0), scribbles0.copy(), pred0
         rng = np.random.default_rng([seed, 7])
         curve, where = [iou(pred.labels, truth)], []
-        for k in range(n_strokes):
+        for _ in range(n_strokes):
             point, cls = choose(strategy, pred, scribbles, truth, user, rng)
             if point is None:  # nothing left to fix
                 curve.append(curve[-1])
