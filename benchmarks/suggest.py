@@ -7,7 +7,8 @@ after every stroke. The stroke goes
 
 * ``suggest``: where :func:`napari_frontier.suggest.suggest_location` points
   (the plugin's rule: most uncertain unpainted 32 x 32 window);
-* ``regions``: where :func:`napari_frontier.suggest.suggest_regions` points;
+* ``regions``: a candidate improvement, :func:`suggest_regions` below (not
+  adopted: no clear gain over ``suggest``, see ``benchmarks/RESULTS.md``);
 * ``random``: at a uniformly random scored, unpainted pixel;
 * ``oracle``: into the largest connected region the prediction gets wrong
   (its deepest pixel): an upper reference no real rule can reach.
@@ -120,6 +121,90 @@ class User:
         return mask & (painted == 0), cls
 
 
+def suggest_regions(  # candidate rule, not adopted (see RESULTS.md)
+    probabilities: np.ndarray,
+    scribbles: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+    window: int = 32,
+    n: int = 5,
+    reach: float | None = None,
+) -> list[tuple[int, int]]:
+    """Up to ``n`` places ``(row, col)`` to paint next, best first, at least ``window`` apart.
+
+    Ranks pixels by the expected error of the prediction (``1 - max_k p_k``,
+    the chance the predicted class is wrong if the probabilities are honest),
+    averaged over a ``window``-sized neighbourhood, times how far the place is
+    from any stroke of the class predicted there (``1 + distance / reach``):
+    an uncertain area the network extrapolated to, far from every example of
+    what it says is there, is worth a stroke more than the rim of one it was
+    shown.
+
+    Parameters
+    ----------
+    probabilities
+        ``(K, H, W)`` class probabilities (NaN: invalid pixel).
+    scribbles
+        ``(H, W)`` strokes, 0 = void, 1..K = class. Painted pixels and their
+        surroundings (``window // 2``) are never suggested.
+    valid
+        ``(H, W)`` bool, False where the input is invalid.
+    window
+        Size of the area scored (pixels) and the smallest distance between two
+        suggestions.
+    n
+        Most suggestions returned.
+    reach
+        Distance (pixels) at which being far from the strokes doubles the
+        score; default: a quarter of the image diagonal.
+
+    Returns
+    -------
+    list of tuple
+        Empty when nothing unpainted is uncertain.
+    """
+    from scipy import ndimage
+
+    from napari_frontier.suggest import _painted_near
+
+    p = np.asarray(probabilities, dtype=np.float32)
+    if p.ndim != 3:
+        raise ValueError(f"probabilities must be (K, H, W), got shape {p.shape}")
+    k, h, w = p.shape
+    ok = np.isfinite(p).all(0)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    p = np.nan_to_num(p, nan=1.0 / k)
+    err = np.where(ok, 1.0 - p.max(0), 0.0).astype(np.float32)
+    err = ndimage.uniform_filter(err, size=max(1, window), mode="constant")
+    if reach is None:
+        reach = 0.25 * float(np.hypot(h, w))
+    near = _painted_near(scribbles, (h, w), window // 2)
+    if near is not None:
+        s = np.asarray(scribbles)
+        predicted = p.argmax(0) + 1
+        far = np.zeros((h, w), np.float32)
+        for c in range(1, k + 1):
+            strokes = s == c
+            if strokes.any():
+                d = ndimage.distance_transform_edt(~strokes).astype(np.float32)
+            else:
+                d = np.full((h, w), reach, np.float32)  # no example of c at all
+            far = np.where(predicted == c, d, far)
+        err = err * (1.0 + far / max(reach, 1e-6))
+        err[near] = 0.0
+    err[~ok] = 0.0
+    out: list[tuple[int, int]] = []
+    floor = 1e-3
+    for _ in range(max(0, n)):
+        i = int(np.argmax(err))
+        if err.flat[i] <= floor:
+            break
+        row, col = divmod(i, w)
+        out.append((int(row), int(col)))
+        err[max(0, row - window) : row + window + 1, max(0, col - window) : col + window + 1] = 0.0
+    return out
+
+
 def random_point(truth, scribbles, rng):
     free = np.flatnonzero((truth > 0) & (scribbles == 0))
     return tuple(int(v) for v in np.unravel_index(int(rng.choice(free)), truth.shape))
@@ -157,7 +242,7 @@ def choose(strategy, pred, scribbles, truth, user, rng):
     if strategy == "suggest":
         p = S.suggest_location(pred.uncertainty, scribbles)
     elif strategy == "regions":
-        p = S.suggest_regions(pred.probabilities, scribbles, valid=pred.valid)
+        p = suggest_regions(pred.probabilities, scribbles, valid=pred.valid)
         p = p[0] if p else None
     else:
         raise ValueError(strategy)
@@ -230,6 +315,21 @@ def summarise(results, strategies, n_strokes):
                 f"{name:18s} {s:8s} " + " ".join(f"{c[m]:6.3f}" for m in marks)
                 + f" {gain:+6.3f} {area:+.3f}"
             )  # fmt: skip
+    # paired: the same image, seed and starting network, strategy vs random
+    if "random" in strategies:
+        lines.append("")
+        lines.append("paired with random (same image, seed, start): runs where the strategy's")
+        lines.append("mean IoU over strokes 1..N is higher, and the mean difference")
+        for s in strategies:
+            if s == "random":
+                continue
+            d = [
+                np.mean(run[s]["iou"][1:]) - np.mean(run["random"]["iou"][1:])
+                for seeds in results.values()
+                for run in seeds.values()
+            ]
+            wins = sum(v > 0 for v in d)
+            lines.append(f"  {s:8s} beats random in {wins}/{len(d)} runs, mean {np.mean(d):+.3f}")
     return table, "\n".join(lines)
 
 
