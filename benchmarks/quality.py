@@ -70,9 +70,16 @@ def load_cases(devset: Path | None, sparse: bool, synthetic: bool, samples: bool
                 truth = np.where(truth == 255, 0, truth).astype(np.uint8)
             else:
                 k, truth = 2, _classes_from_binary(truth)
-            variants = [("", "scribbles.tif")] + ([(":sparse", "scribbles_sparse.tif")] if sparse else [])
+            variants = [("", "scribbles.tif")] + (
+                [(":sparse", "scribbles_sparse.tif")] if sparse else []
+            )
             for suffix, fname in variants:
-                cases[entry["case"] + suffix] = (image, read_image(d / fname).astype(np.uint8), truth, k)
+                cases[entry["case"] + suffix] = (
+                    image,
+                    read_image(d / fname).astype(np.uint8),
+                    truth,
+                    k,
+                )
     if synthetic:
         for name, (image, scribbles, truth) in synthetic_cases().items():
             cases[name] = (image, scribbles, _classes_from_binary(truth.astype(np.uint8)), 2)
@@ -95,12 +102,14 @@ def synthetic_cases() -> dict:
         n = min(a.shape[0], b.shape[0], 512)
         truth = binary_blobs(length=n, blob_size_fraction=0.3, volume_fraction=0.45, rng=seed)
         image = np.where(truth, a[:n, :n], b[:n, :n]).astype(np.uint8)
-        scr = simulate_scribbles(truth, rng=seed, object_fraction=0.5, max_objects=4, margin=8, width=5)
+        scr = simulate_scribbles(
+            truth, rng=seed, object_fraction=0.5, max_objects=4, margin=8, width=5
+        )
         out[name] = (image, scr, truth)
     # Faint blobs in strong noise with a smooth illumination gradient.
     r = np.random.default_rng(7)
     truth = binary_blobs(length=384, blob_size_fraction=0.08, volume_fraction=0.25, rng=7)
-    yy, xx = np.mgrid[:384, :384] / 384.0
+    _yy, xx = np.mgrid[:384, :384] / 384.0
     image = 0.6 * truth + 0.8 * xx + r.normal(0, 0.35, truth.shape)
     out["noisy_blobs"] = (
         image.astype(np.float32),
@@ -170,7 +179,6 @@ def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=No
 
 def run_reference(image, scribbles, truth, k, seed, budgets, steps_mode):
     import torch
-
     from reference import ReferenceTrainer
 
     torch.set_num_threads(1)
@@ -195,15 +203,26 @@ def task(args):
     if method == "rf":
         return name, method, seed, run_rf(image, scribbles, truth, k, seed)
     if method == "frontier":
-        return name, method, seed, run_frontier(
-            image, scribbles, truth, k, seed, budgets, steps_mode, train, model
+        return (
+            name,
+            method,
+            seed,
+            run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train, model),
         )
     if method == "reference":
-        return name, method, seed, run_reference(image, scribbles, truth, k, seed, budgets, steps_mode)
+        return (
+            name,
+            method,
+            seed,
+            run_reference(image, scribbles, truth, k, seed, budgets, steps_mode),
+        )
     if method == "ceiling":
         full = truth.copy()  # every scored pixel painted; not-scored pixels stay void
-        return name, method, seed, run_frontier(
-            image, full, truth, k, seed, budgets[-1:], steps_mode, train, model
+        return (
+            name,
+            method,
+            seed,
+            run_frontier(image, full, truth, k, seed, budgets[-1:], steps_mode, train, model),
         )
     raise ValueError(method)
 
@@ -261,7 +280,9 @@ def summarise(results: dict, budgets, methods, unit: str) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 60])
     p.add_argument("--steps", action="store_true", help="budgets are training steps, not seconds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -114,7 +114,7 @@ class ReferenceTrainer:
     def predict(self) -> np.ndarray:
         """Class map 1..K of the whole image (padded to a multiple of 8)."""
         self.model.eval()
-        c, h, w = self.x.shape
+        _c, h, w = self.x.shape
         ph, pw = -h % 8, -w % 8
         x = np.pad(self.x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
         out = self.model(torch.from_numpy(x)[None])[0, :, :h, :w]

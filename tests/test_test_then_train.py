@@ -32,7 +32,7 @@ def test_default_trains_on_every_stroke(disk_image, monkeypatch):
 
 
 def test_new_stroke_is_scored_by_the_model_before_it_trains(disk_image):
-    image, scribbles, truth = disk_image
+    image, scribbles, _truth = disk_image
     seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
     seg.fit(image, scribbles, steps=60)
     gen = seg.training(image, scribbles)
