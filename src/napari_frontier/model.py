@@ -43,7 +43,8 @@ class ModelConfig:
     # Resolution divisor of the context U-Net and of the coarsest filter
     # pyramid level (a power of two; 1 = everything at full resolution).
     context_stride: int = 4
-    # "batch" (BatchNorm, folded into the weights for prediction) or "none".
+    # "batch" (BatchNorm, folded into the weights for prediction), "group"
+    # (GroupNorm in the context U-Net, BatchNorm in the stem) or "none".
     norm: str = "batch"
     # How context and per-pixel features meet at full resolution: "add"
     # (context logits upsampled and added to per-pixel logits) or "mlp"
@@ -210,9 +211,9 @@ def _pointwise(
     """
     w = conv.weight.flatten(1)
     b = conv.bias
-    if not isinstance(bn, nn.BatchNorm2d):
+    if isinstance(bn, nn.Identity):
         bn = None
-    if bn is not None and not bn.training:
+    if isinstance(bn, nn.BatchNorm2d) and not bn.training:
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         w = w * scale[:, None]
@@ -240,9 +241,11 @@ def _pointwise(
 def _norm(norm: str, c: int) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm2d(c)
+    if norm == "group":
+        return nn.GroupNorm(max(1, c // 4), c)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
 
 
 def _block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
@@ -275,9 +278,13 @@ class FrontierNet(nn.Module):
             per = FilterBank.per_scale * c
             n_fine += per * sum(f == 1 for f in self.filters.strides)
             n_coarse = per * sum(f > 1 for f in self.filters.strides)
+        # The stem normalises over all pixels of the batch, a stable sample
+        # even for "group" (whose per-patch statistics would differ between
+        # a training patch and a prediction tile at full resolution).
+        stem_norm = "batch" if config.norm == "group" else config.norm
         self.stem = nn.Sequential(
-            nn.Conv2d(n_fine + 1, config.width, 1, bias=config.norm == "none"),
-            _norm(config.norm, config.width),
+            nn.Conv2d(n_fine + 1, config.width, 1, bias=stem_norm == "none"),
+            _norm(stem_norm, config.width),
             nn.ReLU(inplace=True),
         )
         widths = [config.width * 2**i for i in range(config.depth + 1)]

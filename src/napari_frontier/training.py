@@ -55,6 +55,9 @@ class TrainConfig:
     #: (4-neighbour edge-aware smoothness) or "crf" (relaxed Potts / CRF
     #: loss over a window of neighbours, :func:`losses.dense_crf_loss`).
     smoothness_kind: str = "neighbours"
+    #: Momentum of BatchNorm running statistics (after a plain average of
+    #: the first ``1 / bn_momentum`` batches).
+    bn_momentum: float = 0.1
     update_interval: float = 0.25
     holdout_interval: float = 1.0
 
@@ -202,7 +205,7 @@ def train_steps(
         # the initial variance of 1 dominates for hundreds of steps and
         # predictions in eval mode are wrong early in training.
         for bn in norms:
-            bn.momentum = max(0.1, 1.0 / (1 + int(bn.num_batches_tracked)))
+            bn.momentum = max(config.bn_momentum, 1.0 / (1 + int(bn.num_batches_tracked)))
         try:
             if config.class_balance:
                 cw = class_balance_weights(sampler.class_counts()).to(device)
