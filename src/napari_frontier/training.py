@@ -58,6 +58,12 @@ class TrainConfig:
     #: Momentum of BatchNorm running statistics (after a plain average of
     #: the first ``1 / bn_momentum`` batches).
     bn_momentum: float = 0.1
+    #: Before every update (the weights the user sees and predicts with),
+    #: BatchNorm statistics are recomputed with the current weights over this
+    #: many fresh batches (0 = keep the running averages). Running averages
+    #: lag weights that change at every step: measured, they turned a
+    #: model scoring 0.86 IoU into one predicting a single class (0.002).
+    bn_recalibration: int = 4
     update_interval: float = 0.25
     holdout_interval: float = 1.0
 
@@ -136,6 +142,49 @@ def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
     model.train()
     scored = t != IGNORE
     return float((pred[scored] == t[scored]).mean()) if scored.any() else None
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: torch.nn.Module,
+    sampler: PatchSampler,
+    device: torch.device,
+    batches: int,
+    batch_size: int,
+    seed: int,
+    amp_dtype=None,
+) -> None:
+    """Recompute BatchNorm statistics for the current weights (precise BatchNorm).
+
+    Forward passes in training mode over ``batches`` fresh batches of
+    training patches (from their own random stream: the training sequence
+    is unchanged) with a plain average; nothing else in the model changes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0 or sampler.class_counts().sum() == 0:
+        return
+    saved_rng = sampler.rng
+    sampler.rng = np.random.default_rng(seed)
+    saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in norms]
+    was_training = model.training
+    model.train()
+    try:
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the batches below
+        for _ in range(batches):
+            x, _ = sampler.sample(batch_size)
+            xb = torch.from_numpy(x).to(device)
+            if device.type != "cpu":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                model(xb)
+    finally:
+        sampler.rng = saved_rng
+        for bn, (momentum, n) in zip(norms, saved, strict=True):
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(n)
+        model.train(was_training)
 
 
 def train_steps(
@@ -261,6 +310,9 @@ def train_steps(
 
         now = time.perf_counter()
         if now - last_yield >= config.update_interval or state.step - first_step == 1:
+            recalibrate_batchnorm(
+                model, sampler, device, config.bn_recalibration, batch_size, state.step, amp_dtype
+            )
             if now - last_holdout_t >= config.holdout_interval:
                 holdout_acc = _holdout_accuracy(model, holdout, device)
                 last_holdout_t = time.perf_counter()
@@ -273,6 +325,9 @@ def train_steps(
             last_yield = time.perf_counter()
             if incoming is not None and on_scribbles is not None:
                 message = on_scribbles(incoming) or ""
+    recalibrate_batchnorm(
+        model, sampler, device, config.bn_recalibration, batch_size, state.step, amp_dtype
+    )
     holdout_acc = _holdout_accuracy(model, holdout, device)
     final = update(True)
     incoming = yield final
