@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -44,7 +46,7 @@ def _drive(trainer, on_event, limit=2000):
 
 
 class _SpySampler(PatchSampler):
-    made: list = []
+    made: ClassVar[list] = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -455,13 +455,13 @@ class LiveTrainer:
             next_predict = time.perf_counter() + self.predict_interval
             while True:
                 stop, view, deltas, unshown, show_seconds = self._take()
+                message = self._apply(deltas) if deltas else ""
                 if stop is not None:
                     break
                 if view is not None:
                     if predictor.clip_index(view.index) != predictor.index:
                         next_predict = time.perf_counter()  # another slice: show it at once
                     self._view = view
-                message = self._apply(deltas) if deltas else ""
                 if deltas and not self._blocked and self._pending is not None:
                     change = ScribbleDelta.of(self.scribbles, self._pending, self._pending_version)
                     self._pending = None

@@ -184,7 +184,7 @@ def test_removing_image_layer_stops_training(trainer, qtbot):
     viewer.layers.remove("nuclei")
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
     assert widget.train_button.isEnabled()
-    assert widget.session.mailbox is None
+    assert widget.session.trainer is None
 
 
 def test_closing_viewer_stops_training(trainer, qtbot):
@@ -193,11 +193,11 @@ def test_closing_viewer_stops_training(trainer, qtbot):
     qtbot.waitUntil(lambda: bool(widget.session.history), timeout=TIMEOUT)
     from qtpy.QtCore import QThreadPool
 
-    mailbox = widget.session.mailbox
+    trainer = widget.session.trainer
     viewer.close()  # napari also cancels (quits) running workers here
-    assert mailbox.stopped
+    assert trainer.stopping
     assert QThreadPool.globalInstance().waitForDone(10_000)
-    assert not mailbox.running.is_set()
+    assert not trainer.running.is_set()
     qtbot.waitUntil(lambda: widget.session._closed, timeout=5000)  # widget destroyed
 
 
