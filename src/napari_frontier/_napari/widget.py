@@ -88,6 +88,7 @@ class FrontierWidget(QWidget):
             self.session, lambda: (self.image_picker.layer(), self.scribbles_picker.layer())
         )
         self._offered: set[str] = set()
+        self._chosen = None
         self._connect()
         self._on_image_chosen()
 
@@ -219,7 +220,6 @@ class FrontierWidget(QWidget):
         s.busy_changed.connect(self._sync)
         s.volume_done.connect(self._on_volume_done)
         self.image_picker.changed.connect(self._on_image_chosen)
-        self.scribbles_picker.changed.connect(self._on_image_chosen)
         v.bind_key(KEY_TRAIN, self._key_toggle, overwrite=True)
         v.bind_key(KEY_SWAP, self._key_swap, overwrite=True)
         v.bind_key(KEY_SUGGEST, self._key_suggest, overwrite=True)
@@ -231,11 +231,12 @@ class FrontierWidget(QWidget):
         volume button only for stacks; an autosave offered."""
         image = self.image_picker.layer()
         self.volume_button.setVisible(image is not None and bool(L.lead_shape(image)))
-        if image is not None and not self.session.is_training:
+        if image is not self._chosen and image is not None and not self.session.is_training:
             try:
                 self.session.set_image(image, self.scribbles_picker.layer())
             except Exception as exc:  # an image the plugin cannot show: Train will say why
                 log.debug("no overlays for %s", image.name, exc_info=exc)
+        self._chosen = image
         self._offer_restore()
 
     def _sync(self, *_) -> None:
