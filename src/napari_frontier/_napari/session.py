@@ -352,14 +352,19 @@ class TrainingSession:
         self.trainer.send(delta)
 
     def _on_scribbles_data(self, event=None) -> None:
-        """A new array: of another shape it is sent whole (the trainer refuses it, says why)."""
+        """A new array: one of another shape is refused here (training goes on)."""
         layer = self.scribbles_layer
         if self._ignore or self.trainer is None or layer is None or self._mirror is None:
             return
         if layer.data.shape != self._mirror.shape:
-            whole = tuple(slice(0, n) for n in layer.data.shape)
-            self._version += 1
-            self.trainer.send(ScribbleDelta.of(layer.data, whole, self._version))
+            message = (
+                f"kept the previous scribbles: scribbles have shape {layer.data.shape} but the "
+                f"image is {self._mirror.shape}; paint the scribbles on a layer of the same size "
+                "as the image"
+            )
+            if message != self._last_warning:
+                show_warning(f"napari-frontier: {message}")
+            self._last_warning = message
         else:
             self._on_scribbles_refresh()
 
