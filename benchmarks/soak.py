@@ -163,7 +163,9 @@ def main(argv=None) -> int:
     lat = np.asarray(session.stroke_latencies)
     what = f"{args.size}x{args.size} tiled" if args.size else f"{args.stack}-slice stack of the"
     what = what if args.size or args.stack else "the"
-    print(f"soak: {args.minutes:g} min of live training in napari ({what} nuclei sample, default model)")
+    print(
+        f"soak: {args.minutes:g} min of live training in napari ({what} nuclei sample, default model)"
+    )
     print(f"image {original.shape}; Train click {click * 1000:.0f} ms")
     print(f"load average at the end: {os.getloadavg()}; cpu count {os.cpu_count()}")
     print(
