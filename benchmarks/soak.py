@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,11 @@ def main(argv=None) -> int:
     ap.add_argument("--autosave-every", type=float, default=60.0, help="autosave period (s)")
     ap.add_argument("--size", type=int, default=0, help="tile the sample to SIZE x SIZE")
     ap.add_argument("--stack", type=int, default=0, help="a stack of STACK shifted samples")
+    ap.add_argument(
+        "--stall-profile",
+        action="store_true",
+        help="sample the main thread's stack during stalls > 50 ms; print where they are",
+    )
     args = ap.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="frontier-soak-")
@@ -124,6 +130,7 @@ def main(argv=None) -> int:
         t.start()
         timers.append(t)
 
+    stall_stacks = _start_stall_profiler(ticks) if args.stall_profile else None
     sample_rss()
     click = time.perf_counter()
     widget.start()
@@ -136,7 +143,7 @@ def main(argv=None) -> int:
         widget.stop()
 
         def wait_stopped():
-            if widget.is_training:
+            if widget.is_training or widget.autosaver.writing:
                 QTimer.singleShot(100, wait_stopped)
             else:
                 sample_rss()
@@ -195,8 +202,41 @@ def main(argv=None) -> int:
         "five longest stalls: "
         + ", ".join(f"{gaps[i] * 1000:.0f} ms @ {tick_t[i]:.0f} s" for i in worst)
     )
+    if stall_stacks is not None:
+        from collections import Counter
+
+        print("where the main thread was during stalls > 50 ms (samples every 5 ms):")
+        for where, n in Counter(stall_stacks).most_common(12):
+            print(f"  {n * 5:6d} ms  {where}")
     # app.quit() has closed the window already.
     return 0
+
+
+def _start_stall_profiler(ticks: list) -> list:
+    """Sample the main thread's innermost frames every 5 ms while the heartbeat is late."""
+    import threading
+    import traceback
+
+    main_id = threading.main_thread().ident
+    found: list[str] = []
+
+    def sample():
+        while True:
+            time.sleep(0.005)
+            if not ticks or time.perf_counter() - ticks[-1] < 0.05:
+                continue
+            frame = sys._current_frames().get(main_id)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)
+            ours = [f for f in stack if "site-packages" not in f.filename or "napari" in f.filename]
+            top = (ours or stack)[-3:]
+            found.append(
+                " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(top))
+            )
+
+    threading.Thread(target=sample, daemon=True).start()
+    return found
 
 
 if __name__ == "__main__":

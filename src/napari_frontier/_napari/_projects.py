@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +63,15 @@ class _Snapshot:
         return self._state
 
 
-def _write(*args, **kwargs):
+def _write(*args, _done: threading.Event | None = None, **kwargs):
     """Worker job: write an autosave; returns its path or the exception."""
     try:
         return P.write_autosave(*args, **kwargs)
     except (FrontierError, OSError) as exc:
         return exc
+    finally:
+        if _done is not None:
+            _done.set()
 
 
 class Autosaver:
@@ -94,6 +98,8 @@ class Autosaver:
         self._last: tuple | None = None
         self._warned = False
         self._writing = False
+        self._done = threading.Event()
+        self._done.set()
         self.timer = QTimer()
         self.timer.timeout.connect(lambda: self.autosave(background=True))
         self.set_interval(interval_ms)
@@ -150,15 +156,26 @@ class Autosaver:
             return self._written(result, done)
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_write, *args, **kwargs, _start_thread=False)
+        worker = create_worker(_write, *args, **kwargs, _done=self._done, _start_thread=False)
         worker.returned.connect(lambda result: self._written(result, done))
         worker.finished.connect(self._finished_writing)
         self._writing = True
+        self._done.clear()
         worker.start()
         return None
 
     def _finished_writing(self) -> None:
         self._writing = False
+
+    @property
+    def writing(self) -> bool:
+        """True while a background autosave is being written."""
+        return self._writing
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the timer; wait (up to ``timeout`` s) for a write in progress."""
+        self.timer.stop()
+        self._done.wait(timeout)
 
     def _written(self, result, done) -> Path | None:
         if isinstance(result, BaseException):

@@ -40,6 +40,10 @@ DEBOUNCE_MS = 300
 MAX_HISTORY = 10_000
 #: Stroke -> overlay latencies kept in ``TrainingSession.stroke_latencies``.
 MAX_LATENCIES = 1000
+#: Training settings of the plugin: one torch thread (steadier beside Qt than
+#: two on small machines) and updates every 0.1 s, so that a new stroke reaches
+#: the samplers, and its overlay the screen, that much sooner.
+GUI_TRAIN_CONFIG = TrainConfig(threads=1, update_interval=0.1)
 #: After training, moving to another slice of a stack predicts it this soon
 #: after the slider stops.
 SLICE_PREVIEW_MS = 150
@@ -109,7 +113,7 @@ class TrainingSession:
 
     def __init__(self, viewer, train_config=None, model_config=None, n_classes: int = 2):
         self.viewer = viewer
-        self.train_config = train_config or TrainConfig(threads=1)
+        self.train_config = train_config or GUI_TRAIN_CONFIG
         self.model_config = dict(model_config or {})
         self.n_classes = n_classes
         self.segmenter = None

@@ -504,7 +504,7 @@ def _camera(viewer):
 def _teardown(viewer, session, autosaver=None) -> None:
     """Runs when the widget is destroyed: stop the worker and the autosave timer, free the keys."""
     if autosaver is not None:
-        autosaver.timer.stop()
+        autosaver.close()
     session.close()
     for key in (KEY_TRAIN, KEY_SWAP, KEY_SUGGEST):
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
