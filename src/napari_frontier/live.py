@@ -319,8 +319,8 @@ class LiveTrainer:
         A 2D image, stack or time series (numpy, or a lazy array nobody
         changes while training runs).
     scribbles
-        The scribbles at the start (copied: the trainer keeps its own copy
-        and writes every :class:`ScribbleDelta` into it).
+        The scribbles at the start, copied when :meth:`run` starts; later
+        changes reach the trainer only as :class:`ScribbleDelta` messages.
     view
         What is on screen at the start (default: the first slice, all of it).
     predict_interval
@@ -346,7 +346,11 @@ class LiveTrainer:
     ):
         self.segmenter = segmenter
         self.image = image
-        self.scribbles = np.array(scribbles, copy=True)
+        #: The trainer's own scribbles: a copy of ``scribbles`` made when
+        #: :meth:`run` starts (in the thread that drives it), then updated by
+        #: every delta. Deltas sent before then are applied on top: writing
+        #: a box twice gives the same labels.
+        self.scribbles = scribbles
         self.predict_interval = predict_interval
         self.wait_for_shown = wait_for_shown
         #: Version of the newest delta taken into training.
@@ -440,6 +444,7 @@ class LiveTrainer:
     def _run(self):
         seg = self.segmenter
         try:
+            self.scribbles = np.array(self.scribbles, copy=True)
             predictor = SlicePredictor(seg, self.image, self._view.index)
             gen = seg.training(self.image, self.scribbles)
             upd = next(gen)

@@ -63,8 +63,12 @@ def test_end_to_end(trainer, qtbot, tmp_path, monkeypatch):
     assert prediction.data.shape == scribbles.data.shape == frontier.data.shape
     assert not uncertainty.visible and prediction.visible
     assert frontier.data.sum() > 0
-    # The frontier raster marks where P("is") crosses 0.5 (on the "is" side).
-    assert (prediction.data[frontier.data > 0] >= 0.5).all()
+    # The frontier raster marks where P("is") crosses 0.5 (on the "is" side);
+    # the layers show uint8 (P("is") x 255).
+    assert prediction.data.dtype == np.uint8 and tuple(prediction.contrast_limits) == (0, 255)
+    assert (prediction.data[frontier.data > 0] >= 128).all()
+    p_is = widget.session.prediction.probabilities[0]
+    np.testing.assert_allclose(prediction.data, np.nan_to_num(p_is) * 255, atol=0.51)
     np.testing.assert_allclose(frontier.colormap.colors[-1], [1.0, 0.9, 0.0, 1.0], atol=0.01)
     # Overlays sit below the strokes and painting stays on the scribbles layer.
     assert viewer.layers.index(prediction) < viewer.layers.index(scribbles)

@@ -210,11 +210,17 @@ def _place_below(viewer, layer, anchor) -> None:
         viewer.layers.move(src, dst)
 
 
+#: The overlays show uint8: P("is") and uncertainty scaled to 0..255 (a
+#: quarter of the texture a float32 layer uploads on every redraw), the
+#: frontier as 0 / 1.
+LIMITS = {PREDICTION: (0.0, 255.0), UNCERTAINTY: (0.0, 255.0), FRONTIER: (0.0, 1.0)}
+
+
 def _add_image(viewer, role, data, image_layer, index=(), **kwargs) -> Image:
     return viewer.add_image(
         data,
         name=role,
-        contrast_limits=(0.0, 1.0),
+        contrast_limits=LIMITS[role],
         metadata={ROLE_KEY: role},
         **placement(image_layer, index),
         **kwargs,
@@ -248,8 +254,7 @@ def ensure_overlays(viewer, image_layer, scribbles_layer=None, index=(), data=No
     for role, style in _styles().items():
         array = data.get(role)
         if array is None:
-            dtype = np.uint8 if role == FRONTIER else np.float32
-            array = np.zeros(shape, dtype)
+            array = np.zeros(shape, np.uint8)
         layer = find_layer(viewer, role, Image)
         if layer is not None and tuple(layer.data.shape) != shape:
             viewer.layers.remove(layer)  # made for another image: make it anew
@@ -258,7 +263,7 @@ def ensure_overlays(viewer, image_layer, scribbles_layer=None, index=(), data=No
             created.append(_add_image(viewer, role, array, image_layer, index, **style))
         elif layer.data is not array and role in data:
             layer.data = array
-            layer.contrast_limits = (0.0, 1.0)
+            layer.contrast_limits = LIMITS[role]
     for layer in created:
         _place_below(viewer, layer, scribbles_layer)
     if created:
@@ -275,6 +280,12 @@ def _refresh(layer, thumbnail: bool) -> None:
         layer.refresh(thumbnail=thumbnail, highlight=False, extent=False)
     except TypeError:  # older napari: no keywords
         layer.refresh()
+
+
+def _to_u8(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (NaN: 0) as uint8 0..255."""
+    out = np.nan_to_num(values, nan=0.0) * 255.0 + 0.5
+    return out.astype(np.uint8)
 
 
 class Overlays:
@@ -296,8 +307,11 @@ class Overlays:
         self.yx = tuple(shape[-2:])
         self.probabilities = np.zeros((n_classes, *self.yx), np.float32)
         self.valid = np.zeros(self.yx, bool)
-        self.uncertainty = np.zeros(self.yx, np.float32)
+        #: What the layers show (uint8, see ``LIMITS``).
+        self.tint = np.zeros(self.yx, np.uint8)
+        self.uncertainty = np.zeros(self.yx, np.uint8)
         self.frontier = np.zeros(self.yx, np.uint8)
+        self._clean = True  # all buffers hold zeros
         #: The slice the buffers hold (None: nothing predicted yet).
         self.index: tuple[int, ...] | None = None
         #: Every pixel of the slice has been predicted.
@@ -310,7 +324,7 @@ class Overlays:
         # the layers' data: views of the buffers, of the image's dimensions
         lead = self.lead
         return {
-            PREDICTION: self.probabilities[0].reshape(lead + self.yx),
+            PREDICTION: self.tint.reshape(lead + self.yx),
             UNCERTAINTY: self.uncertainty.reshape(lead + self.yx),
             FRONTIER: self.frontier.reshape(lead + self.yx),
         }
@@ -336,9 +350,14 @@ class Overlays:
         """Forget the prediction (the layers show nothing)."""
         self.index = None
         self.complete = False
-        for a in (self.probabilities, self.valid, self.uncertainty, self.frontier):
-            a.fill(0)
+        self._zero()
         self.redraw(thumbnail=True)
+
+    def _zero(self) -> None:
+        if not self._clean:
+            for a in (self.probabilities, self.valid, self.tint, self.uncertainty, self.frontier):
+                a.fill(0)
+        self._clean = True
 
     def write(self, delta) -> None:
         """Write an :class:`~napari_frontier.live.OverlayDelta` into the buffers (no redraw)."""
@@ -347,14 +366,9 @@ class Overlays:
         if delta.probabilities.shape[0] != self.probabilities.shape[0]:
             # a model of another class count (loaded): new buffers, once
             self.probabilities = np.zeros((delta.probabilities.shape[0], *self.yx), np.float32)
-            self._views = self._make_views()
             self.index = None
-            layer = self.layer(PREDICTION)
-            if layer is not None:
-                layer.data = self._data()[PREDICTION]
         if self.index != tuple(delta.index):
-            for a in (self.probabilities, self.valid, self.uncertainty, self.frontier):
-                a.fill(0)
+            self._zero()
             self.index = tuple(delta.index)
             self.complete = False
             if self.index:
@@ -364,9 +378,11 @@ class Overlays:
                     if layer is not None and not np.array_equal(layer.translate, where):
                         layer.translate = where  # the overlay of another slice: move it there
         rows, cols = delta.slices
+        self._clean = False
         self.probabilities[:, rows, cols] = delta.probabilities
         self.valid[rows, cols] = delta.valid
-        self.uncertainty[rows, cols] = delta.uncertainty
+        self.tint[rows, cols] = _to_u8(delta.p_is)
+        self.uncertainty[rows, cols] = _to_u8(delta.uncertainty)
         self.frontier[rows, cols] = delta.frontier
         self.complete = self.complete or bool(delta.complete)
 

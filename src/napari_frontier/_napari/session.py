@@ -291,15 +291,18 @@ class TrainingSession:
         self._started_at = time.perf_counter()
         self.first_overlay_seconds = None
         self._overlays_at_start = self.overlay_count
+        # The one copy made here: the scribbles as last sent. The trainer
+        # copies it again in its own thread (deltas sent meanwhile rewrite
+        # their boxes of that copy, so a copy taken mid-write is still right).
+        self._mirror = np.array(scribbles_layer.data, copy=True)
         trainer = LiveTrainer(
             self.get_segmenter(),
             image,
-            scribbles_layer.data,
+            self._mirror,
             view=self._view(),
             version=self._version,
             wait_for_shown=True,
         )
-        self._mirror = np.array(trainer.scribbles, copy=True)
         self._received_version = self._version
         worker = create_worker(trainer.run, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
