@@ -327,6 +327,9 @@ class LiveTrainer:
         Least time between live predictions.
     version
         Version of ``scribbles`` (reported back in events).
+    copy_image
+        Copy a numpy ``image`` when :meth:`run` starts (in its thread), for a
+        caller whose array may change later (a viewer layer).
     wait_for_shown
         Predict again only after the driver called :meth:`shown` for the
         last :class:`OverlayDelta` (a viewer that draws in another thread
@@ -343,8 +346,10 @@ class LiveTrainer:
         predict_interval: float = 0.3,
         version: int = 0,
         wait_for_shown: bool = False,
+        copy_image: bool = False,
     ):
         self.segmenter = segmenter
+        self.copy_image = copy_image
         self.image = image
         #: The trainer's own scribbles: a copy of ``scribbles`` made when
         #: :meth:`run` starts (in the thread that drives it), then updated by
@@ -445,6 +450,8 @@ class LiveTrainer:
         seg = self.segmenter
         try:
             self.scribbles = np.array(self.scribbles, copy=True)
+            if self.copy_image and isinstance(self.image, np.ndarray):
+                self.image = np.array(self.image, copy=True)
             predictor = SlicePredictor(seg, self.image, self._view.index)
             gen = seg.training(self.image, self.scribbles)
             upd = next(gen)

@@ -266,6 +266,8 @@ class Segmenter:
             for idx in itertools.product(*(range(s.start, s.stop) for s in lead)):
                 sub = labels[tuple(i - s.start for i, s in zip(idx, lead, strict=True))]
                 key = (0, idx)
+                if key not in keys and not sub.any():
+                    continue  # an unpainted slice stays unread
                 p = prepared(key)
                 if key not in keys:  # strokes on a slice that had none
                     keys.append(key)

@@ -90,10 +90,11 @@ def find_layer(viewer, role: str, kind: type):
 MAX_LEVEL0_PIXELS = 64 * 1024 * 1024
 
 
-def image_data(layer):
+def image_data(layer, copy: bool = True):
     """The pixels of an image layer for the worker: 2D, stack or time series, grey or RGB(A).
 
-    A numpy array is copied (the worker owns its copy); any other array
+    A numpy array is copied (the worker owns its copy; with ``copy=False``
+    the caller copies it, e.g. in the worker); any other array
     (dask, zarr, a TIFF opened as zarr) is passed through as it is, so a huge
     or lazy image is never read whole here: the engine reads only the slices
     and regions it needs. A multiscale layer gives its full-resolution level.
@@ -116,7 +117,7 @@ def image_data(layer):
                 "open a crop or a coarser level as its own layer, train there, and predict the "
                 "full image with `frontier predict`"
             )
-    if isinstance(data, np.ndarray):
+    if isinstance(data, np.ndarray) and copy:
         return np.array(data, copy=True)
     return data
 

@@ -281,7 +281,7 @@ class TrainingSession:
         self._require_idle("train")
         if image_layer is None or scribbles_layer is None:
             raise FrontierError("choose an image layer and a scribbles layer first")
-        image = L.image_data(image_layer)
+        image = L.image_data(image_layer, copy=False)  # copied in the worker
         self.image_layer, self.scribbles_layer = image_layer, scribbles_layer
         self._overlays_for(image_layer, scribbles_layer)
         self._ignore = False
@@ -302,6 +302,7 @@ class TrainingSession:
             view=self._view(),
             version=self._version,
             wait_for_shown=True,
+            copy_image=True,
         )
         self._received_version = self._version
         worker = create_worker(trainer.run, _start_thread=False)
