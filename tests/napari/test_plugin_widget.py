@@ -277,3 +277,51 @@ def test_overlays_never_overwrite_a_users_layer_of_the_same_name(make_napari_vie
     assert len(created) == 3 and mine not in created
     assert L.find_layer(viewer, L.PREDICTION, Image) is not mine
     assert mine.data.shape == (5, 5)
+
+
+def test_pickers_follow_the_layer_list_and_settings_apply(make_napari_viewer, qtbot, disk_image):
+    from napari_frontier._napari import layers as L
+
+    image, scribbles, _ = disk_image
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="flat")
+    viewer.add_labels(scribbles, name="scribbles")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
+    # Overlays exist as soon as an image is chosen; no volume button for 2D.
+    assert all(L.find_layer(viewer, role, Image) is not None for role in L.OVERLAYS)
+    assert widget.volume_button.isHidden()
+    # A stack: chosen, its overlays hold one slice, the volume button shows.
+    viewer.add_image(np.zeros((3, 40, 50), np.float32), name="stack")
+    widget.set_layers(image="stack")
+    assert not widget.volume_button.isHidden()
+    assert L.find_layer(viewer, L.PREDICTION, Image).data.shape == (1, 40, 50)
+    # Renamed and removed layers show in the picker at once.
+    viewer.layers["flat"].name = "renamed"
+    assert "renamed" in [ly.name for ly in widget.image_picker.widget.choices]
+    widget.image_picker.choose("renamed")
+    viewer.layers.remove("stack")
+    assert widget.image_picker.layer() is viewer.layers["renamed"]
+    with pytest.raises(KeyError):
+        widget.image_picker.choose("stack")
+    # The settings form: tooltips, and its values reach the session at Train.
+    form = widget.settings
+    for w in (form.classes, form.patch_size, form.learning_rate, form.device, form.threads):
+        assert w.tooltip
+    form.patch_size.value = 64
+    form.learning_rate.value = 0.001
+    assert form.apply(widget.session)
+    tc = widget.session.train_config
+    assert tc.patch_size == 64 and abs(tc.learning_rate - 0.001) < 1e-9
+    form.classes.value = 3
+    form.apply(widget.session)
+    assert widget.session.n_classes == 3 and widget.session.get_segmenter().n_classes == 3
+    assert not form.apply(widget.session)  # nothing changed since
+    # The Train click only starts the worker: no layer is made then.
+    widget.session.configure(model_config=dict(width=8, depth=1))
+    form.classes.value = 2
+    n = len(viewer.layers)
+    widget.start()
+    assert widget.is_training and len(viewer.layers) == n
+    qtbot.waitUntil(lambda: bool(widget.session.history), timeout=TIMEOUT)
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
