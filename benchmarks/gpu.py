@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_frontier._napari._loop import Mailbox, live_training
 from napari_frontier.device import select_device
 from napari_frontier.inference import predict_probabilities
+from napari_frontier.labels import ScribbleDelta
+from napari_frontier.live import Failed, LiveTrainer, OverlayDelta
 from napari_frontier.metrics import score, truth_from_mask
 from napari_frontier.samples import load_sample
 from napari_frontier.segmenter import Segmenter
@@ -113,36 +114,36 @@ def live(device: torch.device, size: int, seconds: float) -> dict:
     scribbles = tiled(s["scribbles"], size)
     scribbles[size // 2 :] = 0  # strokes only on the top half at first
     seg = Segmenter(train_config=TrainConfig(seed=0, device=str(device), holdout_fraction=0))
-    box = Mailbox()
     t_start = time.perf_counter()
-    loop = live_training(seg, image, scribbles, box, predict_interval=0.05)
+    trainer = LiveTrainer(seg, image, scribbles, predict_interval=0.05)
     first = None
     overlays = []
     stroke_sent = None
     latencies = []
     version = 0
-    for upd in loop:
+    full = tiled(s["scribbles"], size)
+    for event in trainer:
         now = time.perf_counter()
-        if upd.error is not None:
-            raise upd.error
-        if upd.overlay is not None:
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, OverlayDelta):
             if first is None:
                 first = now - t_start
-            overlays.append((now, upd.overlay.seconds))
-            if stroke_sent is not None and upd.overlay.scribbles_version == version:
+            overlays.append((now, event.seconds))
+            if stroke_sent is not None and event.scribbles_version == version:
                 latencies.append(now - stroke_sent)
                 stroke_sent = None
         elapsed = now - t_start
         if stroke_sent is None and elapsed > 2 and len(latencies) < 5:
-            # a new stroke: the bottom half gets its scribbles bit by bit
+            # a new stroke: the bottom half gets its scribbles band by band
             version += 1
-            new = scribbles.copy()
-            rows = size // 2 + (version * size) // 12
-            new[size // 2 : rows] = tiled(s["scribbles"], size)[size // 2 : rows]
-            box.post(scribbles=(version, new))
+            r0 = size // 2 + ((version - 1) * size) // 12
+            r1 = size // 2 + (version * size) // 12
+            box = (slice(r0, r1), slice(0, size))
+            trainer.send(ScribbleDelta.of(full, box, version))
             stroke_sent = time.perf_counter()
         if elapsed > seconds:
-            box.stop(final_prediction=False)
+            trainer.stop(final_prediction=False)
     later = [t for t, _ in overlays if t - t_start > 2]
     rate = (len(later) - 1) / (later[-1] - later[0]) if len(later) > 1 else float("nan")
     return {

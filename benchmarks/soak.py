@@ -8,6 +8,8 @@ start, after the warm-up and at the end, the growth rate after the warm-up,
 and the longest stalls.
 
     xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/soak.py --minutes 10
+    ... --size 4096     # the sample tiled to a 4096 x 4096 image
+    ... --stack 64      # a 64-slice stack of the sample; pans also move the slider
 
 A benchmark, not a test: it asserts nothing; numbers depend on the machine.
 """
@@ -19,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +33,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stroke-every", type=float, default=3.0, help="seconds between strokes")
     ap.add_argument("--camera-every", type=float, default=7.0, help="seconds between pans")
     ap.add_argument("--autosave-every", type=float, default=60.0, help="autosave period (s)")
+    ap.add_argument("--size", type=int, default=0, help="tile the sample to SIZE x SIZE")
+    ap.add_argument("--stack", type=int, default=0, help="a stack of STACK shifted samples")
+    ap.add_argument(
+        "--stall-profile",
+        action="store_true",
+        help="sample the main thread's stack during stalls > 50 ms; print where they are",
+    )
     args = ap.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="frontier-soak-")
@@ -49,11 +59,25 @@ def main(argv=None) -> int:
     proc = psutil.Process()
     viewer = napari.Viewer(show=True)
     viewer.open_sample("napari-frontier", "nuclei")
+    if args.size or args.stack:
+        base = viewer.layers["nuclei"].data
+        marks = viewer.layers["scribbles"].data
+        if args.size:
+            reps = -(-args.size // base.shape[0]), -(-args.size // base.shape[1])
+            image = np.tile(base, reps)[: args.size, : args.size]
+            marks = np.tile(marks, reps)[: args.size, : args.size]
+        else:
+            image = np.stack([np.roll(base, 7 * z, axis=1) for z in range(args.stack)])
+            marks = np.stack([np.roll(marks, 7 * z, axis=1) if z % 8 == 0 else 0 * marks
+                              for z in range(args.stack)])  # fmt: skip
+        viewer.layers["nuclei"].data = image
+        viewer.layers["scribbles"].data = marks.astype(np.uint8)
+        viewer.reset_view()
     _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
     widget.autosaver.set_interval(int(args.autosave_every * 1000))
     scribbles = viewer.layers["scribbles"]
     original = scribbles.data.copy()
-    h, w = original.shape
+    h, w = original.shape[-2:]
     rng = np.random.default_rng(0)
     app = QApplication.instance()
     while not warmed_up.wait(0.05):
@@ -80,15 +104,18 @@ def main(argv=None) -> int:
         label = int(rng.integers(1, 3))
         y, x = int(rng.integers(20, h - 20)), int(rng.integers(20, w - 60))
         scribbles.brush_size = 5
+        lead = tuple(int(v) for v in viewer.dims.current_step[: original.ndim - 2])
         for dx in range(0, 40, 2):
-            scribbles.paint((y, x + dx), label, refresh=False)
+            scribbles.paint((*lead, y, x + dx), label, refresh=False)
         scribbles.refresh()
         strokes["painted"] += 1
 
     def camera():
         cam = viewer.camera
         cam.center = (float(rng.uniform(0, h)), float(rng.uniform(0, w)))
-        cam.zoom = float(rng.uniform(0.5, 3.0))
+        cam.zoom = float(rng.uniform(0.5, 3.0)) * 512 / max(h, w)  # same share of the image
+        if original.ndim > 2:
+            viewer.dims.set_current_step(0, int(rng.integers(original.shape[0])))
 
     timers = []
     for interval, fn in (
@@ -103,8 +130,11 @@ def main(argv=None) -> int:
         t.start()
         timers.append(t)
 
+    stall_stacks = _start_stall_profiler(ticks) if args.stall_profile else None
     sample_rss()
+    click = time.perf_counter()
     widget.start()
+    click = time.perf_counter() - click
     end_at = args.minutes * 60
 
     def finish():
@@ -113,7 +143,7 @@ def main(argv=None) -> int:
         widget.stop()
 
         def wait_stopped():
-            if widget.is_training:
+            if widget.is_training or widget.autosaver.writing:
                 QTimer.singleShot(100, wait_stopped)
             else:
                 sample_rss()
@@ -138,7 +168,12 @@ def main(argv=None) -> int:
     slope = np.polyfit(times[late] / 60, mem[late], 1)[0] if late.sum() > 10 else float("nan")
     worst = np.argsort(gaps)[::-1][:5]
     lat = np.asarray(session.stroke_latencies)
-    print(f"soak: {args.minutes:g} min of live training in napari (nuclei sample, default model)")
+    what = f"{args.size}x{args.size} tiled" if args.size else f"{args.stack}-slice stack of the"
+    what = what if args.size or args.stack else "the"
+    print(
+        f"soak: {args.minutes:g} min of live training in napari ({what} nuclei sample, default model)"
+    )
+    print(f"image {original.shape}; Train click {click * 1000:.0f} ms")
     print(f"load average at the end: {os.getloadavg()}; cpu count {os.cpu_count()}")
     print(
         f"training steps: {session.history[-1].step if session.history else 0}; "
@@ -149,7 +184,7 @@ def main(argv=None) -> int:
     if lat.size:
         print(
             f"stroke -> overlay latency: median {np.median(lat):.2f} s, "
-            f"p95 {np.percentile(lat, 95):.2f} s, max {lat.max():.2f} s"
+            f"p95 {np.percentile(lat, 95):.2f} s, max {lat.max():.2f} s ({lat.size} strokes)"
         )
     print(
         f"RSS: start {start_mb:.0f} MiB, after warm-up ({args.warmup:g} s) {warm_mb:.0f} MiB, "
@@ -159,15 +194,49 @@ def main(argv=None) -> int:
     print(
         f"event loop (10 ms heartbeat, {len(gaps)} ticks): longest stall {gaps.max() * 1000:.0f} ms "
         f"at t={tick_t[gaps.argmax()]:.0f} s; longest after warm-up {after.max() * 1000:.0f} ms; "
-        f"p99 {np.percentile(gaps, 99) * 1000:.0f} ms; median {np.median(gaps) * 1000:.0f} ms; "
+        f"p99 {np.percentile(gaps, 99) * 1000:.0f} ms (after warm-up "
+        f"{np.percentile(after, 99) * 1000:.0f} ms); median {np.median(gaps) * 1000:.0f} ms; "
         f"stalls > 250 ms: {(gaps > 0.25).sum()}"
     )
     print(
         "five longest stalls: "
         + ", ".join(f"{gaps[i] * 1000:.0f} ms @ {tick_t[i]:.0f} s" for i in worst)
     )
+    if stall_stacks is not None:
+        from collections import Counter
+
+        print("where the main thread was during stalls > 50 ms (samples every 5 ms):")
+        for where, n in Counter(stall_stacks).most_common(12):
+            print(f"  {n * 5:6d} ms  {where}")
     # app.quit() has closed the window already.
     return 0
+
+
+def _start_stall_profiler(ticks: list) -> list:
+    """Sample the main thread's innermost frames every 5 ms while the heartbeat is late."""
+    import threading
+    import traceback
+
+    main_id = threading.main_thread().ident
+    found: list[str] = []
+
+    def sample():
+        while True:
+            time.sleep(0.005)
+            if not ticks or time.perf_counter() - ticks[-1] < 0.05:
+                continue
+            frame = sys._current_frames().get(main_id)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)
+            ours = [f for f in stack if "site-packages" not in f.filename or "napari" in f.filename]
+            top = (ours or stack)[-3:]
+            found.append(
+                " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(top))
+            )
+
+    threading.Thread(target=sample, daemon=True).start()
+    return found
 
 
 if __name__ == "__main__":

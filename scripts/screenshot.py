@@ -2,7 +2,7 @@
 
 Run it with a display, or headless under Xvfb::
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/screenshot.py
+    xvfb-run -a -s "-screen 0 1400x1050x24" python scripts/screenshot.py
 
 Options: ``--seconds`` of training (default 10), ``--output`` path, ``--sample``,
 ``--stack`` (docs/screenshot-stack.png: a time series made of drifting crops of
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     import napari
 
     viewer = napari.Viewer(show=True, title="napari-frontier")
-    viewer.window.resize(1400, 900)
+    viewer.window.resize(1400, 1000)
     if args.stack:
         _open_stack(viewer, args.sample)
     else:

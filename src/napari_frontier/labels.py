@@ -11,6 +11,8 @@ prediction is always one of the painted classes and never void.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .errors import ScribbleError, ShapeMismatchError
@@ -138,3 +140,73 @@ def split_strokes(
         holdout[out] = k
         train[out] = VOID
     return train, holdout
+
+
+@dataclass(frozen=True)
+class ScribbleDelta:
+    """New labels of a box of the scribbles: what one edit (a stroke, a fill) changed.
+
+    ``start`` is the box's first index on every axis of the scribbles (slice
+    axes, then Y, X) and ``labels`` its new content, so the box is
+    ``labels.shape`` from ``start``. A running trainer applies it without
+    re-reading the rest of the scribbles.
+    """
+
+    start: tuple[int, ...]
+    labels: np.ndarray = field(repr=False)
+    #: Counts up with every edit the sender makes (reported back in overlays).
+    version: int = 0
+
+    @property
+    def region(self) -> tuple[slice, ...]:
+        """The box as one slice per axis."""
+        return tuple(slice(s, s + n) for s, n in zip(self.start, self.labels.shape, strict=True))
+
+    @classmethod
+    def of(cls, scribbles, region: tuple[slice, ...], version: int = 0) -> ScribbleDelta:
+        """A private copy of ``scribbles[region]`` (``region``: one slice per axis)."""
+        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, np.shape(scribbles)))
+        labels = np.array(scribbles[region], copy=True)
+        return cls(tuple(s.start for s in region), labels, version)
+
+
+def union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    """Smallest box (one slice per axis, steps of 1) holding both boxes; None is empty."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tuple(
+        slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
+    )
+
+
+def changed_box(old: np.ndarray, new: np.ndarray, chunk: int = 1 << 22) -> tuple[slice, ...] | None:
+    """Bounding box of the elements that differ between two arrays of one shape (None: none).
+
+    Compares ``chunk`` elements at a time along the first axis, so the
+    temporary arrays stay small even for a large stack.
+    """
+    if old.shape != new.shape:
+        raise ValueError(f"shapes differ: {old.shape} and {new.shape}")
+    if old.ndim == 0:
+        return () if old != new else None
+    n0 = old.shape[0]
+    per = max(1, chunk // max(1, int(np.prod(old.shape[1:]))))
+    lo = [None] * old.ndim
+    hi = [None] * old.ndim
+    for i in range(0, n0, per):
+        diff = old[i : i + per] != new[i : i + per]
+        if not diff.any():
+            continue
+        for axis in range(old.ndim):
+            other = tuple(a for a in range(old.ndim) if a != axis)
+            hit = np.flatnonzero(diff.any(axis=other) if other else diff)
+            a, b = int(hit[0]), int(hit[-1]) + 1
+            if axis == 0:
+                a, b = a + i, b + i
+            lo[axis] = a if lo[axis] is None else min(lo[axis], a)
+            hi[axis] = b if hi[axis] is None else max(hi[axis], b)
+    if lo[0] is None:
+        return None
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))

@@ -42,6 +42,7 @@ class PatchSampler:
         self._images = []
         self._targets = []
         self._coords = []  # per image: list (per class) of (n, 2) painted coordinates
+        self._shapes = []  # per image: (H, W) before padding
         for x, t in zip(images, targets, strict=True):
             self.add(x, t)
 
@@ -49,6 +50,7 @@ class PatchSampler:
         """Add an image and its targets, padded so any patch fits."""
         p = self.patch_size
         h, w = t.shape
+        self._shapes.append((h, w))
         py, px = max(0, p - h), max(0, p - w)
         if py or px:
             pad = ((py // 2, py - py // 2), (px // 2, px - px // 2))
@@ -69,6 +71,36 @@ class PatchSampler:
             )
         self._targets[index] = t
         self._coords[index] = [np.argwhere(t == k) for k in range(self.n_classes)]
+
+    def targets_of(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        """A view of the targets of image ``index`` in a region (unpadded coordinates)."""
+        oy, ox = self._offset(index)
+        return self._targets[index][
+            rows.start + oy : rows.stop + oy, cols.start + ox : cols.stop + ox
+        ]
+
+    def update_region(self, index: int, rows: slice, cols: slice, t: np.ndarray) -> None:
+        """Write the targets of a region of image ``index`` (new strokes while training).
+
+        Costs the region plus the painted pixels, not the image: only the
+        coordinates inside the region are recomputed.
+        """
+        oy, ox = self._offset(index)
+        r0, r1, c0, c1 = rows.start + oy, rows.stop + oy, cols.start + ox, cols.stop + ox
+        self._targets[index][r0:r1, c0:c1] = t
+        coords = self._coords[index]
+        for k in range(self.n_classes):
+            c = coords[k]
+            inside = (c[:, 0] >= r0) & (c[:, 0] < r1) & (c[:, 1] >= c0) & (c[:, 1] < c1)
+            fresh = np.argwhere(t == k)
+            fresh += (r0, c0)
+            coords[k] = np.concatenate([c[~inside], fresh]) if inside.any() or len(fresh) else c
+
+    def _offset(self, index: int) -> tuple[int, int]:
+        """Padding before the first row and column of image ``index`` (see :meth:`add`)."""
+        h, w = self._targets[index].shape
+        th, tw = self._shapes[index]
+        return (h - th) // 2, (w - tw) // 2
 
     def class_counts(self) -> np.ndarray:
         return np.array(

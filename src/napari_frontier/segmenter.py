@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Generator, Sequence
 
@@ -17,6 +18,7 @@ from .io import load_checkpoint, save_checkpoint
 from .labels import (
     DEFAULT_CLASS_NAMES,
     IGNORE,
+    ScribbleDelta,
     class_counts,
     split_strokes,
     to_targets,
@@ -255,7 +257,38 @@ class Segmenter:
         fresh = _FreshStrokeScore()
         current = {u[0]: u[1] for u in units}
 
+        def on_delta(delta: ScribbleDelta) -> str:
+            # A box of new labels on the first image: only that box is
+            # re-read. Painted pixels that were held out and kept their
+            # class stay held out; every other painted pixel trains.
+            lay = layouts[0]
+            region = delta.region
+            if len(region) != len(lay.scribble_shape):
+                return f"kept the previous scribbles: a box of {len(region)} axes"
+            lead, (rows, cols) = region[:-2], region[-2:]
+            labels = np.asarray(delta.labels)
+            for idx in itertools.product(*(range(s.start, s.stop) for s in lead)):
+                sub = labels[tuple(i - s.start for i, s in zip(idx, lead, strict=True))]
+                key = (0, idx)
+                if key not in keys and not sub.any():
+                    continue  # an unpainted slice stays unread
+                p = prepared(key)
+                if key not in keys:  # strokes on a slice that had none
+                    keys.append(key)
+                    sampler.add(p.x, np.full(p.shape, IGNORE, dtype=np.int64))
+                    holdout.add(p.x, np.full(p.shape, IGNORE, dtype=np.int64))
+                j = keys.index(key)
+                valid = p.valid[rows, cols]
+                held = holdout.targets_of(j, rows, cols)
+                keep = (held != IGNORE) & (held == sub.astype(np.int64) - 1) & valid
+                train = np.where((sub > 0) & valid & ~keep, sub.astype(np.int64) - 1, IGNORE)
+                holdout.update_region(j, rows, cols, np.where(keep, held, IGNORE))
+                sampler.update_region(j, rows, cols, train)
+            return ""
+
         def on_scribbles(new) -> str:
+            if isinstance(new, ScribbleDelta):
+                return on_delta(new)
             new_list = _as_list(new)
             if len(new_list) != len(images):
                 return "ignored new scribbles: wrong number of images"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
+from napari_frontier.labels import ScribbleDelta
 from napari_frontier.training import TrainConfig
 
 SMALL_MODEL = dict(width=8, depth=1)
@@ -151,7 +152,7 @@ def test_removing_scribbles_layer_stops_training(trainer, qtbot):
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
     assert not _since(n)
     assert any("removed" in m for m in _since(n, NotificationSeverity.INFO))
-    assert widget.train_button.isEnabled() and widget.session.mailbox is None
+    assert widget.train_button.isEnabled() and widget.session.trainer is None
 
 
 def test_changing_image_shape_stops_training(trainer, qtbot):
@@ -186,36 +187,37 @@ def test_continuous_painting_worker_sees_only_consistent_copies(trainer, qtbot):
     viewer, widget = trainer
     layer = viewer.layers["scribbles"]
     _train_until_history(qtbot, widget)
-    mailbox = widget.session.mailbox
-    posted = []  # (version, array handed to the worker, copy taken at that moment)
-    real_post = mailbox.post
+    trainer = widget.session.trainer
+    sent = []  # (delta, copy of the layer's box at that moment)
+    real_send = trainer.send
 
-    def post(**items):
-        if "scribbles" in items:
-            version, array = items["scribbles"]
-            assert not np.shares_memory(array, layer.data)  # a copy, never the live array
-            np.testing.assert_array_equal(array, layer.data)  # of the whole current state
-            posted.append((version, array, array.copy()))
-        real_post(**items)
+    def send(message):
+        if isinstance(message, ScribbleDelta):
+            assert not np.shares_memory(message.labels, layer.data)  # a copy, never the layer
+            np.testing.assert_array_equal(message.labels, layer.data[message.region])
+            assert message.labels.size < layer.data.size  # only the box of what changed
+            sent.append((message, message.labels.copy()))
+        real_send(message)
 
-    mailbox.post = post
+    trainer.send = send
     layer.brush_size = 3
     rng = np.random.default_rng(0)
     for i in range(200):
         y, x = rng.integers(20, 1000, size=2)
         layer.paint((int(y), int(x)), 1 + i % 2, refresh=False)
-        layer.refresh()  # one event per dab, as undo/redo and strokes give
-        qtbot.wait(400 if i % 40 == 39 else 5)  # pauses let the debounced sends go out
+        layer.refresh()  # a refresh per dab too, as undo/redo give
+        qtbot.wait(400 if i % 40 == 39 else 5)
     received = widget.session.scribbles_received
     qtbot.waitUntil(lambda: widget.session.scribbles_received > received, timeout=TIMEOUT)
-    assert widget.is_training and len(posted) >= 5
-    versions = [v for v, _, _ in posted]
+    assert widget.is_training and len(sent) >= 5
+    versions = [d.version for d, _ in sent]
     assert versions == sorted(set(versions))
-    for _, array, snapshot in posted:  # painting on never changed what was sent
-        np.testing.assert_array_equal(array, snapshot)
-    np.testing.assert_array_equal(posted[-1][1], layer.data)
+    for delta, snapshot in sent:  # painting on never changed what was sent
+        np.testing.assert_array_equal(delta.labels, snapshot)
+    # The trainer's own copy, built from the deltas alone, is the layer's data.
     widget.stop()
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
+    np.testing.assert_array_equal(trainer.scribbles, layer.data)
 
 
 # -- autosave and projects --------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_frontier._napari._loop import Mailbox, _Predictor, live_training
+from napari_frontier.live import LiveTrainer, OverlayDelta, SlicePredictor, Stop, View
 from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig
 
@@ -45,18 +45,18 @@ def _strokes(truth, slices=(0, 2)):
 def test_loop_on_a_stack_predicts_the_slice_it_is_told():
     image, truth = _stack()
     seg = Segmenter(train_config=TrainConfig(threads=1, seed=0), model_config=SMALL_MODEL)
-    box = Mailbox()
+    trainer = LiveTrainer(seg, image, _strokes(truth), view=View((1,)), predict_interval=0.05)
     seen = []
-    for upd in live_training(seg, image, _strokes(truth), box, predict_interval=0.05, index=(1,)):
-        assert upd.error is None, upd.error
-        if upd.overlay is not None:
-            seen.append(upd.overlay.index)
-            assert upd.overlay.p_is.shape == (64, 64)
+    for event in trainer:
+        if isinstance(event, OverlayDelta):
+            seen.append(event.index)
+            assert event.shape == (64, 64)
             if len(seen) == 1:
-                box.post(index=(3,))
-            elif upd.overlay.index == (3,) and not box.stopped:
-                box.stop()
-    assert seen[0] == (1,) and seen[-1] == (3,) and upd.final and upd.overlay.complete
+                trainer.send(View((3,)))
+            elif event.index == (3,) and not trainer.stopping:
+                trainer.send(Stop())
+            last = event
+    assert seen[0] == (1,) and seen[-1] == (3,) and last.final and last.complete
 
 
 def test_predictor_reads_only_the_slice_of_a_lazy_stack():
@@ -64,8 +64,8 @@ def test_predictor_reads_only_the_slice_of_a_lazy_stack():
     image, truth = _stack()
     seg = Segmenter(train_config=TrainConfig(threads=1, seed=0), model_config=SMALL_MODEL)
     seg.fit(image, _strokes(truth), steps=3)
-    eager = _Predictor(seg, image, (2,)).run(None, 3, 0, whole=True)
-    lazy = _Predictor(seg, da.from_array(image, chunks=(1, 32, 32)), (2,)).run(None, 3, 0)
+    eager = SlicePredictor(seg, image, (2,)).run(final=True)
+    lazy = SlicePredictor(seg, da.from_array(image, chunks=(1, 32, 32)), (2,)).run()
     assert lazy.index == (2,)
     np.testing.assert_allclose(lazy.p_is, eager.p_is, atol=1e-5)
 

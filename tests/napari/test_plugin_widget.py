@@ -63,8 +63,12 @@ def test_end_to_end(trainer, qtbot, tmp_path, monkeypatch):
     assert prediction.data.shape == scribbles.data.shape == frontier.data.shape
     assert not uncertainty.visible and prediction.visible
     assert frontier.data.sum() > 0
-    # The frontier raster marks where P("is") crosses 0.5 (on the "is" side).
-    assert (prediction.data[frontier.data > 0] >= 0.5).all()
+    # The frontier raster marks where P("is") crosses 0.5 (on the "is" side);
+    # the layers show uint8 (P("is") x 255).
+    assert prediction.data.dtype == np.uint8 and tuple(prediction.contrast_limits) == (0, 255)
+    assert (prediction.data[frontier.data > 0] >= 128).all()
+    p_is = widget.session.prediction.probabilities[0]
+    np.testing.assert_allclose(prediction.data, np.nan_to_num(p_is) * 255, atol=0.51)
     np.testing.assert_allclose(frontier.colormap.colors[-1], [1.0, 0.9, 0.0, 1.0], atol=0.01)
     # Overlays sit below the strokes and painting stays on the scribbles layer.
     assert viewer.layers.index(prediction) < viewer.layers.index(scribbles)
@@ -184,7 +188,7 @@ def test_removing_image_layer_stops_training(trainer, qtbot):
     viewer.layers.remove("nuclei")
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)
     assert widget.train_button.isEnabled()
-    assert widget.session.mailbox is None
+    assert widget.session.trainer is None
 
 
 def test_closing_viewer_stops_training(trainer, qtbot):
@@ -193,11 +197,11 @@ def test_closing_viewer_stops_training(trainer, qtbot):
     qtbot.waitUntil(lambda: bool(widget.session.history), timeout=TIMEOUT)
     from qtpy.QtCore import QThreadPool
 
-    mailbox = widget.session.mailbox
+    trainer = widget.session.trainer
     viewer.close()  # napari also cancels (quits) running workers here
-    assert mailbox.stopped
+    assert trainer.stopping
     assert QThreadPool.globalInstance().waitForDone(10_000)
-    assert not mailbox.running.is_set()
+    assert not trainer.running.is_set()
     qtbot.waitUntil(lambda: widget.session._closed, timeout=5000)  # widget destroyed
 
 
@@ -273,3 +277,51 @@ def test_overlays_never_overwrite_a_users_layer_of_the_same_name(make_napari_vie
     assert len(created) == 3 and mine not in created
     assert L.find_layer(viewer, L.PREDICTION, Image) is not mine
     assert mine.data.shape == (5, 5)
+
+
+def test_pickers_follow_the_layer_list_and_settings_apply(make_napari_viewer, qtbot, disk_image):
+    from napari_frontier._napari import layers as L
+
+    image, scribbles, _ = disk_image
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="flat")
+    viewer.add_labels(scribbles, name="scribbles")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-frontier", "Scribble trainer")
+    # Overlays exist as soon as an image is chosen; no volume button for 2D.
+    assert all(L.find_layer(viewer, role, Image) is not None for role in L.OVERLAYS)
+    assert widget.volume_button.isHidden()
+    # A stack: chosen, its overlays hold one slice, the volume button shows.
+    viewer.add_image(np.zeros((3, 40, 50), np.float32), name="stack")
+    widget.set_layers(image="stack")
+    assert not widget.volume_button.isHidden()
+    assert L.find_layer(viewer, L.PREDICTION, Image).data.shape == (1, 40, 50)
+    # Renamed and removed layers show in the picker at once.
+    viewer.layers["flat"].name = "renamed"
+    assert "renamed" in [ly.name for ly in widget.image_picker.widget.choices]
+    widget.image_picker.choose("renamed")
+    viewer.layers.remove("stack")
+    assert widget.image_picker.layer() is viewer.layers["renamed"]
+    with pytest.raises(KeyError):
+        widget.image_picker.choose("stack")
+    # The settings form: tooltips, and its values reach the session at Train.
+    form = widget.settings
+    for w in (form.classes, form.patch_size, form.learning_rate, form.device, form.threads):
+        assert w.tooltip
+    form.patch_size.value = 64
+    form.learning_rate.value = 0.001
+    assert form.apply(widget.session)
+    tc = widget.session.train_config
+    assert tc.patch_size == 64 and abs(tc.learning_rate - 0.001) < 1e-9
+    form.classes.value = 3
+    form.apply(widget.session)
+    assert widget.session.n_classes == 3 and widget.session.get_segmenter().n_classes == 3
+    assert not form.apply(widget.session)  # nothing changed since
+    # The Train click only starts the worker: no layer is made then.
+    widget.session.configure(model_config=dict(width=8, depth=1))
+    form.classes.value = 2
+    n = len(viewer.layers)
+    widget.start()
+    assert widget.is_training and len(viewer.layers) == n
+    qtbot.waitUntil(lambda: bool(widget.session.history), timeout=TIMEOUT)
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)

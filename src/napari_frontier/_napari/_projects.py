@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,28 @@ def _model_of(session):
     return seg if seg is not None and seg.model is not None else None
 
 
+class _Snapshot:
+    """A model's checkpoint content taken on the main thread, written by a worker."""
+
+    def __init__(self, model, state: dict):
+        self.model = model
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def _write(*args, _done: threading.Event | None = None, **kwargs):
+    """Worker job: write an autosave; returns its path or the exception."""
+    try:
+        return P.write_autosave(*args, **kwargs)
+    except (FrontierError, OSError) as exc:
+        return exc
+    finally:
+        if _done is not None:
+            _done.set()
+
+
 class Autosaver:
     """Saves scribbles and model of the chosen image at intervals and when training stops.
 
@@ -74,8 +97,11 @@ class Autosaver:
         self.last_path: Path | None = None
         self._last: tuple | None = None
         self._warned = False
+        self._writing = False
+        self._done = threading.Event()
+        self._done.set()
         self.timer = QTimer()
-        self.timer.timeout.connect(self.autosave)
+        self.timer.timeout.connect(lambda: self.autosave(background=True))
         self.set_interval(interval_ms)
         session.state_changed.connect(self._on_state)
 
@@ -87,15 +113,21 @@ class Autosaver:
 
     def _on_state(self, training: bool) -> None:
         if not training:
-            self.autosave()
+            self.autosave(background=True)
 
     def path_for(self, image_layer) -> Path:
         return P.autosave_path(image_key(image_layer), self.folder)
 
-    def autosave(self) -> Path | None:
-        """Write the autosave now if anything changed; never raises (warns once)."""
+    def autosave(self, background: bool = False) -> Path | None:
+        """Write the autosave if anything changed; never raises (warns once).
+
+        The scribbles and the model's weights are copied here (main thread,
+        milliseconds); with ``background`` they are serialised and written
+        in a worker thread and None is returned (``count`` and ``last_path``
+        change when the file is written).
+        """
         image, scribbles = self.layers()
-        if image is None or scribbles is None:
+        if image is None or scribbles is None or self._writing:
             return None
         data = np.array(scribbles.data, copy=True)
         seg = _model_of(self.session)
@@ -105,27 +137,61 @@ class Autosaver:
             if last_key == image.name and last_step == step and np.array_equal(last_data, data):
                 return self.last_path
         try:
-            path = P.write_autosave(
-                image_key(image),
-                data,
-                segmenter=seg,
-                image_shape=L.spatial_shape(image),
-                image_name=image.name,
-                image_path=image_source(image),
-                settings={**settings_of(self.session), "scribbles_name": scribbles.name},
-                folder=self.folder,
-            )
-        except (FrontierError, OSError) as exc:
-            log.debug("autosave failed", exc_info=exc)
-            if not self._warned:
-                self._warned = True
-                show_warning(f"napari-frontier: autosave failed: {exc}")
+            snapshot = None if seg is None else _Snapshot(seg.model, seg.state_dict())
+        except FrontierError as exc:
+            self._failed(exc)
+            return None
+        args = (image_key(image), data)
+        kwargs = dict(
+            segmenter=snapshot,
+            image_shape=L.spatial_shape(image),
+            image_name=image.name,
+            image_path=image_source(image),
+            settings={**settings_of(self.session), "scribbles_name": scribbles.name},
+            folder=self.folder,
+        )
+        done = (image.name, data, step)
+        if not background:
+            result = _write(*args, **kwargs)
+            return self._written(result, done)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_write, *args, **kwargs, _done=self._done, _start_thread=False)
+        worker.returned.connect(lambda result: self._written(result, done))
+        worker.finished.connect(self._finished_writing)
+        self._writing = True
+        self._done.clear()
+        worker.start()
+        return None
+
+    def _finished_writing(self) -> None:
+        self._writing = False
+
+    @property
+    def writing(self) -> bool:
+        """True while a background autosave is being written."""
+        return self._writing
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the timer; wait (up to ``timeout`` s) for a write in progress."""
+        self.timer.stop()
+        self._done.wait(timeout)
+
+    def _written(self, result, done) -> Path | None:
+        if isinstance(result, BaseException):
+            self._failed(result)
             return None
         self._warned = False
-        self._last = (image.name, data, step)
+        self._last = done
         self.count += 1
-        self.last_path = path
-        return path
+        self.last_path = result
+        return result
+
+    def _failed(self, exc) -> None:
+        log.debug("autosave failed", exc_info=exc)
+        if not self._warned:
+            self._warned = True
+            show_warning(f"napari-frontier: autosave failed: {exc}")
 
     def available(self, image_layer) -> dict | None:
         """What the autosave of ``image_layer`` says about itself (``project.json``), or None."""

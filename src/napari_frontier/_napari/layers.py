@@ -90,10 +90,11 @@ def find_layer(viewer, role: str, kind: type):
 MAX_LEVEL0_PIXELS = 64 * 1024 * 1024
 
 
-def image_data(layer):
+def image_data(layer, copy: bool = True):
     """The pixels of an image layer for the worker: 2D, stack or time series, grey or RGB(A).
 
-    A numpy array is copied (the worker owns its copy); any other array
+    A numpy array is copied (the worker owns its copy; with ``copy=False``
+    the caller copies it, e.g. in the worker); any other array
     (dask, zarr, a TIFF opened as zarr) is passed through as it is, so a huge
     or lazy image is never read whole here: the engine reads only the slices
     and regions it needs. A multiscale layer gives its full-resolution level.
@@ -116,7 +117,7 @@ def image_data(layer):
                 "open a crop or a coarser level as its own layer, train there, and predict the "
                 "full image with `frontier predict`"
             )
-    if isinstance(data, np.ndarray):
+    if isinstance(data, np.ndarray) and copy:
         return np.array(data, copy=True)
     return data
 
@@ -210,56 +211,60 @@ def _place_below(viewer, layer, anchor) -> None:
         viewer.layers.move(src, dst)
 
 
-def _add_image(viewer, role, shape, image_layer, index=(), **kwargs) -> Image:
+#: The overlays show uint8: P("is") and uncertainty scaled to 0..255 (a
+#: quarter of the texture a float32 layer uploads on every redraw), the
+#: frontier as 0 / 1.
+LIMITS = {PREDICTION: (0.0, 255.0), UNCERTAINTY: (0.0, 255.0), FRONTIER: (0.0, 1.0)}
+
+
+def _add_image(viewer, role, data, image_layer, index=(), **kwargs) -> Image:
     return viewer.add_image(
-        np.zeros(shape, np.float32),
+        data,
         name=role,
-        contrast_limits=(0.0, 1.0),
+        contrast_limits=LIMITS[role],
         metadata={ROLE_KEY: role},
         **placement(image_layer, index),
         **kwargs,
     )
 
 
-def ensure_overlays(viewer, image_layer, scribbles_layer=None, index=()) -> list:
-    """Find or create the three overlay layers (empty); returns the ones created.
+def _styles() -> dict:
+    return {
+        PREDICTION: dict(colormap=prediction_colormap()),
+        UNCERTAINTY: dict(colormap="inferno", opacity=0.6, visible=False),
+        FRONTIER: dict(colormap=frontier_colormap()),
+    }
 
-    Creating layers is the slowest thing the main thread does for the plugin,
-    so it happens once, before training starts, not while a worker competes
-    for the interpreter. Over a stack, overlays hold one slice (``index``)
-    and are placed on it.
+
+def ensure_overlays(viewer, image_layer, scribbles_layer=None, index=(), data=None) -> list:
+    """Find or create the three overlay layers; returns the ones created.
+
+    ``data`` maps a role to the array the layer shows (default: zeros of one
+    slice of the image); an existing layer of another shape is made anew,
+    one of the right shape is given ``data`` (once). Creating layers is the
+    slowest thing the main thread does for the plugin, so it happens when an
+    image is chosen, not while a worker competes for the interpreter. Over a
+    stack, overlays hold one slice (``index``) and are placed on it.
     """
     shape = overlay_shape(image_layer)
     index = tuple(index) if len(shape) > 2 else ()
-    for role in OVERLAYS:  # made for an image of other dimensions: make them anew
-        layer = find_layer(viewer, role, Image)
-        if layer is not None and layer.ndim != len(shape):
-            viewer.layers.remove(layer)
+    data = data or {}
     selection = viewer.layers.selection
     active, selected = selection.active, set(selection)
     created = []
-    if find_layer(viewer, PREDICTION, Image) is None:
-        cmap = prediction_colormap()
-        layer = _add_image(viewer, PREDICTION, shape, image_layer, index, colormap=cmap)
-        created.append(layer)
-    if find_layer(viewer, UNCERTAINTY, Image) is None:
-        layer = _add_image(
-            viewer,
-            UNCERTAINTY,
-            shape,
-            image_layer,
-            index,
-            colormap="inferno",
-            opacity=0.6,
-            visible=False,
-        )
-        created.append(layer)
-    if find_layer(viewer, FRONTIER, Image) is None:
-        layer = _add_image(
-            viewer, FRONTIER, shape, image_layer, index, colormap=frontier_colormap()
-        )
-        layer.data = np.zeros(shape, np.uint8)
-        created.append(layer)
+    for role, style in _styles().items():
+        array = data.get(role)
+        if array is None:
+            array = np.zeros(shape, np.uint8)
+        layer = find_layer(viewer, role, Image)
+        if layer is not None and tuple(layer.data.shape) != shape:
+            viewer.layers.remove(layer)  # made for another image: make it anew
+            layer = None
+        if layer is None:
+            created.append(_add_image(viewer, role, array, image_layer, index, **style))
+        elif layer.data is not array and role in data:
+            layer.data = array
+            layer.contrast_limits = LIMITS[role]
     for layer in created:
         _place_below(viewer, layer, scribbles_layer)
     if created:
@@ -270,24 +275,124 @@ def ensure_overlays(viewer, image_layer, scribbles_layer=None, index=()) -> list
     return created
 
 
-def show_overlay(viewer, overlay, image_layer, scribbles_layer=None) -> None:
-    """Assign an :class:`~._loop.Overlay` to the overlay layers (made if missing).
+def _refresh(layer, thumbnail: bool) -> None:
+    """Redraw a layer whose array changed in place (napari >= 0.6 can skip the thumbnail)."""
+    try:
+        layer.refresh(thumbnail=thumbnail, highlight=False, extent=False)
+    except TypeError:  # older napari: no keywords
+        layer.refresh()
 
-    The active layer stays what it was, so painting continues undisturbed.
+
+def _to_u8(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (NaN: 0) as uint8 0..255."""
+    out = np.nan_to_num(values, nan=0.0) * 255.0 + 0.5
+    return out.astype(np.uint8)
+
+
+class Overlays:
+    """The overlay layers of one image and the buffers they show (main thread only).
+
+    The buffers hold one slice; each :class:`~napari_frontier.live.OverlayDelta`
+    is written into them region by region and the visible layers are
+    redrawn. The layers' data are never reassigned (a hidden layer is not
+    redrawn until it is shown). ``probabilities`` and ``valid`` form the
+    current :class:`~napari_frontier.inference.Prediction` of the slice.
     """
-    index = tuple(getattr(overlay, "index", ()))
-    ensure_overlays(viewer, image_layer, scribbles_layer, index)
-    lead = (1,) * len(index)
-    where = placement(image_layer, index)["translate"] if index else None
-    for role, data in (
-        (PREDICTION, overlay.p_is),
-        (UNCERTAINTY, overlay.uncertainty),
-        (FRONTIER, overlay.frontier),
-    ):
-        layer = find_layer(viewer, role, Image)
-        if where is not None and not np.array_equal(layer.translate, where):
-            layer.translate = where  # the overlay of another slice: move it there
-        layer.data = data.reshape(lead + data.shape) if lead else data
+
+    def __init__(self, viewer, image_layer, scribbles_layer=None, n_classes: int = 2):
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.scribbles_layer = scribbles_layer
+        shape = overlay_shape(image_layer)
+        self.lead = (1,) * (len(shape) - 2)
+        self.yx = tuple(shape[-2:])
+        self.probabilities = np.zeros((n_classes, *self.yx), np.float32)
+        self.valid = np.zeros(self.yx, bool)
+        #: What the layers show (uint8, see ``LIMITS``).
+        self.tint = np.zeros(self.yx, np.uint8)
+        self.uncertainty = np.zeros(self.yx, np.uint8)
+        self.frontier = np.zeros(self.yx, np.uint8)
+        self._clean = True  # all buffers hold zeros
+        #: The slice the buffers hold (None: nothing predicted yet).
+        self.index: tuple[int, ...] | None = None
+        #: Every pixel of the slice has been predicted.
+        self.complete = False
+        self.index_in_view = current_index(viewer, image_layer)
+        self._views = self._make_views()
+        self.attach()
+
+    def _make_views(self) -> dict:
+        # the layers' data: views of the buffers, of the image's dimensions
+        lead = self.lead
+        return {
+            PREDICTION: self.tint.reshape(lead + self.yx),
+            UNCERTAINTY: self.uncertainty.reshape(lead + self.yx),
+            FRONTIER: self.frontier.reshape(lead + self.yx),
+        }
+
+    def _data(self) -> dict:
+        return self._views
+
+    def attach(self) -> list:
+        """Make sure the layers exist and show these buffers; returns the layers created."""
+        where = self.index if self.index is not None else self.index_in_view
+        return ensure_overlays(
+            self.viewer, self.image_layer, self.scribbles_layer, where, self._data()
+        )
+
+    def layer(self, role: str):
+        return find_layer(self.viewer, role, Image)
+
+    @property
+    def has_prediction(self) -> bool:
+        return self.index is not None
+
+    def clear(self) -> None:
+        """Forget the prediction (the layers show nothing)."""
+        self.index = None
+        self.complete = False
+        self._zero()
+        self.redraw(thumbnail=True)
+
+    def _zero(self) -> None:
+        if not self._clean:
+            for a in (self.probabilities, self.valid, self.tint, self.uncertainty, self.frontier):
+                a.fill(0)
+        self._clean = True
+
+    def write(self, delta) -> None:
+        """Write an :class:`~napari_frontier.live.OverlayDelta` into the buffers (no redraw)."""
+        if tuple(delta.shape) != self.yx:
+            raise ValueError(f"an overlay of {delta.shape} for a slice of {self.yx}")
+        if delta.probabilities.shape[0] != self.probabilities.shape[0]:
+            # a model of another class count (loaded): new buffers, once
+            self.probabilities = np.zeros((delta.probabilities.shape[0], *self.yx), np.float32)
+            self.index = None
+        if self.index != tuple(delta.index):
+            self._zero()
+            self.index = tuple(delta.index)
+            self.complete = False
+            if self.index:
+                where = placement(self.image_layer, self.index)["translate"]
+                for role in OVERLAYS:
+                    layer = self.layer(role)
+                    if layer is not None and not np.array_equal(layer.translate, where):
+                        layer.translate = where  # the overlay of another slice: move it there
+        rows, cols = delta.slices
+        self._clean = False
+        self.probabilities[:, rows, cols] = delta.probabilities
+        self.valid[rows, cols] = delta.valid
+        self.tint[rows, cols] = _to_u8(delta.p_is)
+        self.uncertainty[rows, cols] = _to_u8(delta.uncertainty)
+        self.frontier[rows, cols] = delta.frontier
+        self.complete = self.complete or bool(delta.complete)
+
+    def redraw(self, thumbnail: bool = False) -> None:
+        """Redraw the visible overlay layers from the buffers."""
+        for role in OVERLAYS:
+            layer = self.layer(role)
+            if layer is not None and layer.visible:
+                _refresh(layer, thumbnail)
 
 
 def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels:

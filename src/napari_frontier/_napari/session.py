@@ -1,11 +1,13 @@
 """One training session: the worker, the layer events, the overlays.
 
-Threads: the worker owns the :class:`~napari_frontier.segmenter.Segmenter`
-while it runs (training and prediction happen in that one thread). The main
-thread only copies layer data into the worker's :class:`~._loop.Mailbox` and
-assigns what the worker yields to layers. Background jobs that also use the
-model (apply to another image, preview after loading) never run at the same
-time as training.
+Threads: while training runs, a :class:`~napari_frontier.live.LiveTrainer`
+in the worker thread owns the model. The main thread sends it typed
+messages (a :class:`~napari_frontier.labels.ScribbleDelta` per edit, the
+:class:`~napari_frontier.live.View`, :class:`~napari_frontier.live.Stop`)
+and writes the :class:`~napari_frontier.live.OverlayDelta` it yields into
+the overlay layers' buffers in place (:class:`~.layers.Overlays`). Background
+jobs that also use the model (apply to another image, preview after loading)
+never run at the same time as training.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +25,25 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 
 from ..errors import FrontierError
+from ..labels import ScribbleDelta, changed_box, union_box
+from ..live import Failed, LiveTrainer, OverlayDelta, Stop, Tick, View
 from ..training import TrainConfig
 from . import layers as L
-from ._loop import (
-    LoopUpdate,
-    Mailbox,
-    live_training,
-    predict_labels,
-    predict_overlay,
-    predict_volume,
-    start_warm_up,
-)
+from ._loop import predict_labels, predict_overlay, predict_volume, start_warm_up
 
 log = logging.getLogger(__name__)
 
-#: Wait this long after the last paint event before sending the scribbles.
+#: After a refresh of the scribbles layer (undo, redo, a script), look for
+#: changes this long after the last one (paint events are sent at once).
 DEBOUNCE_MS = 300
 #: Training updates kept in ``TrainingSession.history`` (about 4 a second).
 MAX_HISTORY = 10_000
+#: Stroke -> overlay latencies kept in ``TrainingSession.stroke_latencies``.
+MAX_LATENCIES = 1000
+#: Training settings of the plugin: one torch thread (steadier beside Qt than
+#: two on small machines) and updates every 0.1 s, so that a new stroke reaches
+#: the samplers, and its overlay the screen, that much sooner.
+GUI_TRAIN_CONFIG = TrainConfig(threads=1, update_interval=0.1)
 #: After training, moving to another slice of a stack predicts it this soon
 #: after the slider stops.
 SLICE_PREVIEW_MS = 150
@@ -64,6 +68,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _paint_box(atoms) -> tuple[slice, ...] | None:
+    """Bounding box of the history atoms of one napari paint event."""
+    box = None
+    for atom in atoms or ():
+        key = getattr(atom, "slice_key", None)  # napari's masked paint atom
+        if key is not None:
+            part = tuple(slice(s.start or 0, s.stop) for s in key)
+        else:  # (indices, old values, new values)
+            indices = atom[0]
+            if not len(indices) or np.size(indices[0]) == 0:
+                continue
+            part = tuple(slice(int(np.min(i)), int(np.max(i)) + 1) for i in indices)
+        box = union_box(box, part)
+    return box
+
+
 class TrainingSession:
     """Drives live training for one viewer (main thread object, no widgets).
 
@@ -76,11 +96,13 @@ class TrainingSession:
         steadier beside Qt than two on small machines.
     model_config
         Overrides for the network (``width``, ``depth``, ...).
+    n_classes
+        Painted classes of a new model.
     """
 
-    #: A :class:`~napari_frontier.training.TrainUpdate` arrived.
+    #: A :class:`~napari_frontier.live.Tick` arrived.
     updated = Signal(object)
-    #: An :class:`~._loop.Overlay` was assigned to the layers.
+    #: An :class:`~napari_frontier.live.OverlayDelta` was drawn.
     overlay_shown = Signal(object)
     #: Training started (True) or finished (False).
     state_changed = Signal(bool)
@@ -89,45 +111,50 @@ class TrainingSession:
     #: "Predict volume" finished: the Labels layer (complete or not).
     volume_done = Signal(object)
 
-    def __init__(self, viewer, train_config=None, model_config=None):
+    def __init__(self, viewer, train_config=None, model_config=None, n_classes: int = 2):
         self.viewer = viewer
-        self.train_config = train_config or TrainConfig(threads=1)
+        self.train_config = train_config or GUI_TRAIN_CONFIG
         self.model_config = dict(model_config or {})
+        self.n_classes = n_classes
         self.segmenter = None
-        self.prediction = None
-        #: False while only part of a large image has been predicted.
-        self.prediction_complete = False
         self.image_layer = None
         self.scribbles_layer = None
+        #: The overlay layers of ``image_layer`` and their buffers.
+        self.overlays: L.Overlays | None = None
         self.worker = None
         self.job = None
-        self.mailbox: Mailbox | None = None
-        self.history: list = []
+        self.trainer: LiveTrainer | None = None
+        self.history: deque = deque(maxlen=MAX_HISTORY)
         self.overlay_count = 0
         self.scribbles_received = 0
         self.first_overlay_seconds: float | None = None
-        self.stroke_latencies: list[float] = []
+        self.stroke_latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
         self._version = 0
-        self._dirty_since: float | None = None
-        self._last_sent = None
+        self._received_version = 0
+        self._mirror: np.ndarray | None = None  # the scribbles as last sent
+        self._dirty: tuple[slice, ...] | None = None
         self._posted: dict[int, float] = {}
         self._started_at = 0.0
-        self._placeholders: list = []
         self._overlays_at_start = 0
         self._ignore = False
         self._closed = False
         self._image_shape: tuple = ()
         self._last_warning = ""
-        #: Slice of the stack the overlays show (``()`` for a 2D image).
-        self.prediction_index: tuple[int, ...] = ()
+        self._redraw_pending = False
+        self._last_delta: OverlayDelta | None = None
+        self._dirty_since = self._refresh_since = 0.0
         #: "Predict volume": the image layer, its class map (1..K, 0 = invalid),
         #: and whether every slice was predicted.
         self.volume: tuple | None = None
         self.volume_complete = False
+        self._send_timer = QTimer()
+        self._send_timer.setSingleShot(True)
+        self._send_timer.setInterval(0)
+        self._send_timer.timeout.connect(self._send_dirty)
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self._send_scribbles)
+        self._timer.timeout.connect(self._send_changes)
         self._slice_timer = QTimer()
         self._slice_timer.setSingleShot(True)
         self._slice_timer.setInterval(SLICE_PREVIEW_MS)
@@ -146,13 +173,44 @@ class TrainingSession:
         """True while a job other than training uses the model."""
         return self.job is not None
 
+    @property
+    def prediction(self):
+        """The current :class:`~napari_frontier.inference.Prediction` of the slice shown.
+
+        Its arrays are the overlay buffers (updated in place), or None.
+        """
+        o = self.overlays
+        if o is None or not o.has_prediction:
+            return None
+        from ..inference import Prediction
+
+        return Prediction(probabilities=o.probabilities, valid=o.valid)
+
+    @property
+    def prediction_complete(self) -> bool:
+        """False while only part of a large image has been predicted."""
+        return self.overlays is not None and self.overlays.complete
+
+    @property
+    def prediction_index(self) -> tuple[int, ...]:
+        """Slice of the stack the overlays show (``()`` for a 2D image)."""
+        o = self.overlays
+        return () if o is None or o.index is None else o.index
+
+    def _forget_prediction(self) -> None:
+        if self.overlays is not None:
+            self.overlays.index = None
+            self.overlays.complete = False
+
     def get_segmenter(self):
         """The segmenter (made on first use)."""
         if self.segmenter is None:
             from ..segmenter import Segmenter
 
             self.segmenter = Segmenter(
-                n_classes=2, train_config=self.train_config, model_config=self.model_config
+                n_classes=self.n_classes,
+                train_config=self.train_config,
+                model_config=self.model_config,
             )
         return self.segmenter
 
@@ -162,9 +220,56 @@ class TrainingSession:
         if self.is_busy:
             raise FrontierError(f"wait for the running job to finish before you {what}")
 
+    # -- overlays -----------------------------------------------------------
+    def set_image(self, image_layer, scribbles_layer=None) -> None:
+        """Make the overlay layers of ``image_layer`` now, so that Train only starts the worker."""
+        if image_layer is None or self._closed or self.is_training:
+            return
+        self._overlays_for(image_layer, scribbles_layer)
+
+    def _overlays_for(self, image_layer, scribbles_layer=None) -> L.Overlays:
+        o = self.overlays
+        shape = L.overlay_shape(image_layer)
+        if o is None or o.image_layer is not image_layer or o.lead + o.yx != shape:
+            o = L.Overlays(self.viewer, image_layer, scribbles_layer, self.n_classes)
+            self.overlays = o
+        else:
+            o.scribbles_layer = scribbles_layer or o.scribbles_layer
+            o.attach()
+        return o
+
+    def _show(self, delta: OverlayDelta) -> None:
+        """Write a delta into the buffers now; redraw once the queued events are handled."""
+        o = self.overlays
+        if o is None or o.image_layer not in self.viewer.layers:
+            return
+        o.attach()
+        o.write(delta)
+        if self.first_overlay_seconds is None:
+            self.first_overlay_seconds = time.perf_counter() - self._started_at
+        self.overlay_count += 1
+        self._last_delta = delta
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            QTimer.singleShot(0, self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
+        if self._closed or self.overlays is None:
+            return
+        t0 = time.perf_counter()
+        delta = self._last_delta
+        self.overlays.redraw(thumbnail=delta.final)
+        now = time.perf_counter()
+        for v in [v for v in self._posted if v <= delta.scribbles_version]:
+            self.stroke_latencies.append(now - self._posted.pop(v))
+        if self.trainer is not None:
+            self.trainer.shown(now - t0)
+        self.overlay_shown.emit(delta)
+
     # -- training -----------------------------------------------------------
     def start(self, image_layer, scribbles_layer) -> None:
-        """Start training on copies of the two layers' data.
+        """Start training on the two layers (their data are copied).
 
         Raises
         ------
@@ -176,80 +281,130 @@ class TrainingSession:
         self._require_idle("train")
         if image_layer is None or scribbles_layer is None:
             raise FrontierError("choose an image layer and a scribbles layer first")
-        image = L.image_data(image_layer)
-        scribbles = np.array(scribbles_layer.data, copy=True)
+        image = L.image_data(image_layer, copy=False)  # copied in the worker
         self.image_layer, self.scribbles_layer = image_layer, scribbles_layer
-        self.mailbox = Mailbox()
+        self._overlays_for(image_layer, scribbles_layer)
         self._ignore = False
         self._last_warning = ""
         self._posted.clear()
-        self._dirty_since = None
-        index = L.current_index(self.viewer, image_layer)
-        self._placeholders = L.ensure_overlays(self.viewer, image_layer, scribbles_layer, index)
+        self._dirty = None
         self._started_at = time.perf_counter()
         self.first_overlay_seconds = None
         self._overlays_at_start = self.overlay_count
-        worker = create_worker(
-            live_training,
+        # The one copy made here: the scribbles as last sent. The trainer
+        # copies it again in its own thread (deltas sent meanwhile rewrite
+        # their boxes of that copy, so a copy taken mid-write is still right).
+        self._mirror = np.array(scribbles_layer.data, copy=True)
+        trainer = LiveTrainer(
             self.get_segmenter(),
             image,
-            scribbles,
-            self.mailbox,
+            self._mirror,
+            view=self._view(),
             version=self._version,
-            index=index,
-            _start_thread=False,
+            wait_for_shown=True,
+            copy_image=True,
         )
+        self._received_version = self._version
+        worker = create_worker(trainer.run, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._last_sent = scribbles
-        for emitter in self._scribble_events(scribbles_layer):
-            emitter.connect(self._on_scribbles_changed)
-        self._image_shape = image.shape
+        self.worker, self.trainer = worker, trainer
+        scribbles_layer.events.paint.connect(self._on_paint)
+        scribbles_layer.events.data.connect(self._on_scribbles_data)
+        scribbles_layer.events.set_data.connect(self._on_scribbles_refresh)
+        self._image_shape = tuple(np.shape(image_layer.data))
         image_layer.events.data.connect(self._on_image_changed)
         worker.start()
         self.state_changed.emit(True)
 
     def stop(self) -> None:
-        """Stop training after one last whole-image prediction (returns at once)."""
-        if self.mailbox is not None:
-            self.mailbox.stop(final_prediction=True)
+        """Stop training after one last whole-slice prediction (returns at once)."""
+        if self.trainer is not None:
+            self._send_dirty()
+            self.trainer.send(Stop(final_prediction=True))
 
     def abort(self) -> None:
         """Stop training now; nothing more is shown."""
         self._ignore = True
         self._timer.stop()
-        if self.mailbox is not None:
-            self.mailbox.stop(final_prediction=False)
+        self._send_timer.stop()
+        if self.trainer is not None:
+            self.trainer.send(Stop(final_prediction=False))
 
-    @staticmethod
-    def _scribble_events(layer):
-        # paint: a finished brush stroke or fill; data: new array; set_data:
-        # a refresh, which is all that undo / redo emit.
-        return (layer.events.paint, layer.events.data, layer.events.set_data)
-
-    def _on_scribbles_changed(self, event=None) -> None:
-        if self._dirty_since is None:
+    # -- scribble edits: only what changed goes to the trainer ------------------------
+    def _on_paint(self, event=None) -> None:
+        """A finished stroke or fill: its box goes to the trainer as soon as it is applied."""
+        box = _paint_box(getattr(event, "value", None))
+        if box is None:
+            return
+        if self._dirty is None:
             self._dirty_since = time.perf_counter()
+        self._dirty = union_box(self._dirty, box)
+        self._send_timer.start()  # napari writes the data after the event
+
+    def _send_dirty(self) -> None:
+        box, self._dirty = self._dirty, None
+        layer = self.scribbles_layer
+        if box is None or self._ignore or self.trainer is None or layer is None:
+            return
+        if self._mirror is None or layer.data.shape != self._mirror.shape:
+            return
+        self._send(ScribbleDelta.of(layer.data, box), self._dirty_since)
+
+    def _send(self, delta: ScribbleDelta, since: float) -> None:
+        """Send a delta of the layer's current data (of the mirror's shape) to the trainer."""
+        self._version += 1
+        delta = dataclasses.replace(delta, version=self._version)
+        self._mirror[delta.region] = delta.labels
+        self._posted[self._version] = since
+        self.trainer.send(delta)
+
+    def _on_scribbles_data(self, event=None) -> None:
+        """A new array: one of another shape is refused here (training goes on)."""
+        layer = self.scribbles_layer
+        if self._ignore or self.trainer is None or layer is None or self._mirror is None:
+            return
+        if layer.data.shape != self._mirror.shape:
+            message = (
+                f"kept the previous scribbles: scribbles have shape {layer.data.shape} but the "
+                f"image is {self._mirror.shape}; paint the scribbles on a layer of the same size "
+                "as the image"
+            )
+            if message != self._last_warning:
+                show_warning(f"napari-frontier: {message}")
+            self._last_warning = message
+        else:
+            self._on_scribbles_refresh()
+
+    def _on_scribbles_refresh(self, event=None) -> None:
+        """A refresh (undo, redo, a script): look for changes when they stop."""
+        if self.trainer is None or self._ignore:
+            return
+        self._refresh_since = time.perf_counter()
         self._timer.start()
 
-    def _send_scribbles(self) -> None:
-        if self.mailbox is None or self.scribbles_layer is None or self._ignore:
+    def _send_changes(self) -> None:
+        layer = self.scribbles_layer
+        if self._ignore or self.trainer is None or layer is None or self._mirror is None:
             return
-        data = np.array(self.scribbles_layer.data, copy=True)
-        dirty_since, self._dirty_since = self._dirty_since, None
-        if self._last_sent is not None and np.array_equal(data, self._last_sent):
+        self._send_dirty()
+        data = layer.data
+        if data.shape != self._mirror.shape:
             return
-        self._last_sent = data
-        self._version += 1
-        self._posted[self._version] = dirty_since or time.perf_counter()
-        self.mailbox.post(scribbles=(self._version, data))
+        box = changed_box(self._mirror, data)
+        if box is not None:
+            self._send(ScribbleDelta.of(data, box), self._refresh_since)
+
+    # -- what is in view ----------------------------------------------------------
+    def _view(self) -> View:
+        layer = self.image_layer
+        return View(L.current_index(self.viewer, layer), L.view_region(layer))
 
     def _post_view(self) -> None:
         layer = self.image_layer
-        if self.mailbox is None or layer is None or layer not in self.viewer.layers:
+        if self.trainer is None or layer is None or layer not in self.viewer.layers:
             return
-        self.mailbox.post(view=L.view_region(layer), index=L.current_index(self.viewer, layer))
+        self.trainer.send(self._view())
 
     def _on_dims(self, event=None) -> None:
         """The viewer moved to another slice: the overlays follow it."""
@@ -272,61 +427,42 @@ class TrainingSession:
         if index != self.prediction_index:
             self.preview(layer, index, progress=False)
 
-    def _on_yielded(self, update: LoopUpdate) -> None:
+    # -- events from the trainer -------------------------------------------------------
+    def _on_yielded(self, event) -> None:
         if self._ignore or self._closed:
             return
-        if update.error is not None:
-            log.debug("training failed", exc_info=update.error)
-            show_error(f"napari-frontier: {_describe(update.error)}")
-            return
-        if update.train is not None:
-            self._on_train_update(update.train)
-        if update.overlay is not None:
-            self._show(update.overlay)
+        if isinstance(event, Tick):
+            self._on_tick(event)
+        elif isinstance(event, OverlayDelta):
+            self._show(event)
+        elif isinstance(event, Failed):
+            log.debug("training failed", exc_info=event.error)
+            show_error(f"napari-frontier: {_describe(event.error)}")
 
-    def _on_train_update(self, upd) -> None:
-        self.history.append(upd)
-        del self.history[:-MAX_HISTORY]
-        if upd.message == "scribbles updated":
+    def _on_tick(self, tick: Tick) -> None:
+        self.history.append(tick)
+        if tick.scribbles_version > self._received_version:
+            self._received_version = tick.scribbles_version
             self.scribbles_received += 1
-        elif upd.message and upd.message != self._last_warning:
-            show_warning(f"napari-frontier: {upd.message}")
-        self._last_warning = upd.message or self._last_warning
+        if tick.message and tick.message != self._last_warning:
+            show_warning(f"napari-frontier: {tick.message}")
+        self._last_warning = tick.message or self._last_warning
         self._post_view()
-        self.updated.emit(upd)
-
-    def _show(self, overlay) -> None:
-        now = time.perf_counter()
-        if self.first_overlay_seconds is None:
-            self.first_overlay_seconds = now - self._started_at
-        for v in [v for v in self._posted if v <= overlay.scribbles_version]:
-            self.stroke_latencies.append(now - self._posted.pop(v))
-        self.prediction = overlay.prediction
-        self.prediction_complete = overlay.complete
-        self.prediction_index = overlay.index
-        if self.image_layer in self.viewer.layers:
-            L.show_overlay(self.viewer, overlay, self.image_layer, self.scribbles_layer)
-        if self.mailbox is not None:
-            self.mailbox.post(show_seconds=time.perf_counter() - now)
-        self.overlay_count += 1
-        self.overlay_shown.emit(overlay)
+        self.updated.emit(tick)
 
     def _on_finished(self) -> None:
         self._timer.stop()
-        if self.overlay_count == self._overlays_at_start and not self._closed:
-            # Nothing was shown (e.g. the scribbles were refused): no empty layers left.
-            for layer in self._placeholders:
-                if layer in self.viewer.layers:
-                    self.viewer.layers.remove(layer)
-        self._placeholders = []
+        self._send_timer.stop()
         if self.scribbles_layer is not None:
-            for emitter in self._scribble_events(self.scribbles_layer):
-                emitter.disconnect(self._on_scribbles_changed)
+            layer = self.scribbles_layer
+            layer.events.paint.disconnect(self._on_paint)
+            layer.events.data.disconnect(self._on_scribbles_data)
+            layer.events.set_data.disconnect(self._on_scribbles_refresh)
         if self.image_layer is not None:
             self.image_layer.events.data.disconnect(self._on_image_changed)
-        self._last_sent = None
+        self._mirror = None
         self.worker = None
-        self.mailbox = None
+        self.trainer = None
         if not self._closed:
             self.state_changed.emit(False)
 
@@ -354,6 +490,8 @@ class TrainingSession:
             self.abort()
             if not self._closed:
                 show_info(f'napari-frontier: training stopped because "{layer.name}" was removed')
+        if self.overlays is not None and layer is self.overlays.image_layer:
+            self.overlays = None
 
     # -- model ------------------------------------------------------------
     def reset(self) -> None:
@@ -361,12 +499,13 @@ class TrainingSession:
         self._require_idle("reset the model")
         if self.segmenter is not None:
             self.segmenter.reset()
-        self.prediction = None
+        self._forget_prediction()
         self.volume = None
         self.history.clear()
         for layer in list(self.viewer.layers):
             if layer.metadata.get(L.ROLE_KEY) in L.OVERLAYS:
                 self.viewer.layers.remove(layer)
+        self.overlays = None
 
     def configure(self, train_config=None, model_config=None) -> None:
         """New settings; the next training starts from fresh weights."""
@@ -376,6 +515,25 @@ class TrainingSession:
         if model_config is not None:
             self.model_config = dict(model_config)
         self.segmenter = None
+
+    def apply_settings(self, train_config, n_classes: int | None = None) -> None:
+        """Settings from the form: a new class count or device starts a new model;
+        patch size, learning rate and threads apply to the current one."""
+        self._require_idle("change settings")
+        seg = self.segmenter
+        old = self.train_config
+        self.train_config = train_config
+        new_model = (n_classes is not None and n_classes != self.n_classes) or (
+            train_config.device != old.device
+        )
+        self.n_classes = n_classes or self.n_classes
+        if seg is None or new_model:
+            self.segmenter = None
+            return
+        seg.train_config = train_config
+        if seg.optimizer is not None:
+            for group in seg.optimizer.param_groups:
+                group["lr"] = train_config.learning_rate
 
     def save(self, path) -> None:
         """Save the model (a checkpoint the CLI reads too)."""
@@ -393,7 +551,7 @@ class TrainingSession:
         # Keep this session's thread count (the checkpoint has the trainer's).
         seg.train_config = dataclasses.replace(seg.train_config, threads=self.train_config.threads)
         self.segmenter = seg
-        self.prediction = None
+        self._forget_prediction()
         if preview_layer is not None:
             self.preview(preview_layer)
 
@@ -404,7 +562,7 @@ class TrainingSession:
             segmenter.train_config, threads=self.train_config.threads
         )
         self.segmenter = segmenter
-        self.prediction = None
+        self._forget_prediction()
         if preview_layer is not None:
             self.preview(preview_layer)
 
@@ -481,15 +639,12 @@ class TrainingSession:
         if index is None:
             index = L.current_index(self.viewer, image_layer)
 
-        def show(overlay):
+        def show(delta):
+            if image_layer not in self.viewer.layers:
+                return
             self.image_layer = image_layer
-            self.prediction = overlay.prediction
-            self.prediction_complete = overlay.complete
-            self.prediction_index = overlay.index
-            if image_layer in self.viewer.layers:
-                L.show_overlay(self.viewer, overlay, image_layer, self.scribbles_layer)
-            self.overlay_count += 1
-            self.overlay_shown.emit(overlay)
+            self._overlays_for(image_layer, self.scribbles_layer)
+            self._show(delta)
 
         self._run_job(predict_overlay, (seg, image, index), show, "predict the image", progress)
 
@@ -572,5 +727,7 @@ class TrainingSession:
         self._slice_timer.stop()
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
         self.viewer.dims.events.current_step.disconnect(self._on_dims)
-        if self.mailbox is not None:
-            self.mailbox.wait_idle(timeout)
+        self._timer.stop()
+        self._send_timer.stop()
+        if self.trainer is not None:
+            self.trainer.wait_idle(timeout)

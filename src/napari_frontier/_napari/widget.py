@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from typing import TYPE_CHECKING
 
 from napari.layers import Image, Labels
@@ -30,13 +31,15 @@ from ..errors import FrontierError
 from ..labels import IS, IS_NOT
 from . import _projects
 from . import layers as L
-from ._pickers import LayerPicker
+from ._pickers import LayerPicker, SettingsForm
 from ._plot import CurvePlot
 from ._suggest import suggest_location
 from .session import TrainingSession
 
 if TYPE_CHECKING:
     from napari.viewer import Viewer
+
+log = logging.getLogger(__name__)
 
 KEY_TRAIN, KEY_SWAP, KEY_SUGGEST = "Shift-T", "Shift-X", "Shift-G"
 IDLE_TEXT = 'Paint "is" (label 1) and "is not" (label 2) strokes, then Train.'
@@ -85,9 +88,9 @@ class FrontierWidget(QWidget):
             self.session, lambda: (self.image_picker.layer(), self.scribbles_picker.layer())
         )
         self._offered: set[str] = set()
+        self._chosen = None
         self._connect()
-        self._sync()
-        self._offer_restore()
+        self._on_image_chosen()
 
     # -- layout -------------------------------------------------------------
     def _button(self, text: str, tip: str, slot) -> QPushButton:
@@ -98,10 +101,14 @@ class FrontierWidget(QWidget):
 
     def _build(self) -> None:
         v = self.viewer
-        self.image_picker = LayerPicker(v, Image, accept=_is_source_image)
-        self.scribbles_picker = LayerPicker(v, Labels, prefer=_prefer_scribbles)
-        self.scribbles_picker.setToolTip(
-            f'Labels layer to paint on: 1 = "is", 2 = "is not" ({KEY_SWAP} swaps the brush)'
+        self.image_picker = LayerPicker(
+            v, Image, accept=_is_source_image, tooltip="The image to train on and predict"
+        )
+        self.scribbles_picker = LayerPicker(
+            v,
+            Labels,
+            prefer=_prefer_scribbles,
+            tooltip=f'Labels layer to paint on: 1 = "is", 2 = "is not" ({KEY_SWAP} swaps the brush)',
         )
         self.new_button = self._button(
             "New scribbles layer",
@@ -109,8 +116,8 @@ class FrontierWidget(QWidget):
             self._on_new_scribbles,
         )
         form = QFormLayout()
-        form.addRow("Image", self.image_picker)
-        form.addRow("Scribbles", self.scribbles_picker)
+        form.addRow("Image", self.image_picker.native)
+        form.addRow("Scribbles", self.scribbles_picker.native)
         form.addRow("", self.new_button)
 
         self.train_button = self._button(
@@ -147,7 +154,9 @@ class FrontierWidget(QWidget):
         )
         self.save_button = self._button("Save model…", "Save the network", self._on_save)
         self.load_button = self._button("Load model…", "Load a saved network", self._on_load)
-        self.apply_picker = LayerPicker(v, Image, accept=_is_source_image)
+        self.apply_picker = LayerPicker(
+            v, Image, accept=_is_source_image, tooltip="Another image to predict with the model"
+        )
         self.apply_button = self._button(
             "Apply", "Predict this image in the background; adds a mask layer", self._on_apply
         )
@@ -163,7 +172,7 @@ class FrontierWidget(QWidget):
         grid.addWidget(self.save_button, 2, 0)
         grid.addWidget(self.load_button, 2, 1)
         grid.addWidget(QLabel("Apply to"), 3, 0)
-        grid.addWidget(self.apply_picker, 3, 1)
+        grid.addWidget(self.apply_picker.native, 3, 1)
         grid.addWidget(self.apply_button, 4, 1)
         self.save_project_button = self._button(
             "Save project…",
@@ -183,6 +192,11 @@ class FrontierWidget(QWidget):
         grid.addWidget(self.restore_button, 6, 0, 1, 2)
         results = QGroupBox("Results")
         results.setLayout(grid)
+        self.settings = SettingsForm(self.session.train_config, self.session.n_classes)
+        settings = QGroupBox("Settings (used at the next Train)")
+        box = QVBoxLayout(settings)
+        box.setContentsMargins(2, 2, 2, 2)
+        box.addWidget(self.settings.native)
 
         hint = QLabel(
             f"Keys: {KEY_TRAIN} train/stop · {KEY_SWAP} swap is/is not · {KEY_SUGGEST} suggest"
@@ -195,34 +209,35 @@ class FrontierWidget(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.suggest_button)
         layout.addWidget(results)
+        layout.addWidget(settings)
         layout.addWidget(hint)
         layout.addStretch(1)
 
     def _connect(self) -> None:
         v, s = self.viewer, self.session
-        for picker in (self.image_picker, self.scribbles_picker, self.apply_picker):
-            v.layers.events.inserted.connect(picker.refresh)
-            v.layers.events.removed.connect(picker.refresh)
-        v.layers.events.inserted.connect(self._on_layer_inserted)
-        for layer in v.layers:
-            layer.events.name.connect(self._refresh_pickers)
         s.updated.connect(self._on_update)
         s.state_changed.connect(self._on_state)
         s.busy_changed.connect(self._sync)
         s.volume_done.connect(self._on_volume_done)
-        self.image_picker.currentIndexChanged.connect(self._offer_restore)
+        self.image_picker.changed.connect(self._on_image_chosen)
         v.bind_key(KEY_TRAIN, self._key_toggle, overwrite=True)
         v.bind_key(KEY_SWAP, self._key_swap, overwrite=True)
         v.bind_key(KEY_SUGGEST, self._key_suggest, overwrite=True)
         session, autosaver = self.session, self.autosaver
         self.destroyed.connect(lambda *_: _teardown(v, session, autosaver))
 
-    def _on_layer_inserted(self, event) -> None:
-        event.value.events.name.connect(self._refresh_pickers)
-
-    def _refresh_pickers(self, event=None) -> None:
-        for picker in (self.image_picker, self.scribbles_picker, self.apply_picker):
-            picker.refresh()
+    def _on_image_chosen(self, *_) -> None:
+        """Another image: its overlay layers now (Train only starts the worker); the
+        volume button only for stacks; an autosave offered."""
+        image = self.image_picker.layer()
+        self.volume_button.setVisible(image is not None and bool(L.lead_shape(image)))
+        if image is not self._chosen and image is not None and not self.session.is_training:
+            try:
+                self.session.set_image(image, self.scribbles_picker.layer())
+            except Exception as exc:  # an image the plugin cannot show: Train will say why
+                log.debug("no overlays for %s", image.name, exc_info=exc)
+        self._chosen = image
+        self._offer_restore()
 
     def _sync(self, *_) -> None:
         training, busy = self.session.is_training, self.session.is_busy
@@ -239,6 +254,7 @@ class FrontierWidget(QWidget):
             self.scribbles_picker,
             self.new_button,
             self.open_project_button,
+            self.settings.native,
         ):
             w.setEnabled(idle)
         self.restore_button.setEnabled(
@@ -290,6 +306,8 @@ class FrontierWidget(QWidget):
         scribbles = self.scribbles_picker.layer()
         if scribbles is not None and L.ROLE_KEY not in scribbles.metadata:
             L.style_scribbles(scribbles)
+        if not self.is_training:
+            self.settings.apply(self.session)
         self.session.start(self.image_picker.layer(), scribbles)
         self.plot.clear()
 
@@ -486,7 +504,7 @@ def _camera(viewer):
 def _teardown(viewer, session, autosaver=None) -> None:
     """Runs when the widget is destroyed: stop the worker and the autosave timer, free the keys."""
     if autosaver is not None:
-        autosaver.timer.stop()
+        autosaver.close()
     session.close()
     for key in (KEY_TRAIN, KEY_SWAP, KEY_SUGGEST):
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
