@@ -70,3 +70,19 @@ def test_fixed_holdout_split_is_still_available(disk_image):
     assert last.holdout_accuracy is not None
     assert 0.0 <= last.holdout_accuracy <= 1.0
     assert np.isfinite(last.loss)
+
+
+def test_a_stroke_sent_as_a_box_is_scored_before_it_trains(disk_image):
+    from napari_frontier.labels import ScribbleDelta
+
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=60)
+    gen = seg.training(image, scribbles)
+    next(gen)
+    wrong = scribbles.copy()
+    wrong[2:6, 2:40] = 1  # background painted "is": the trained model disagrees
+    upd = gen.send(ScribbleDelta.of(wrong, (slice(2, 6), slice(2, 40))))
+    gen.close()
+    assert upd.holdout_accuracy is not None
+    assert upd.holdout_accuracy < 0.5

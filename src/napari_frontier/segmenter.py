@@ -254,8 +254,7 @@ class Segmenter:
         self._state = state
         # Test-then-train: strokes that arrive while training runs are scored
         # by the current model before they join the training set.
-        fresh = _FreshStrokeScore()
-        current = {u[0]: u[1] for u in units}
+        fresh = _FreshStrokeScore(enabled=tc.holdout_fraction <= 0)
 
         def on_delta(delta: ScribbleDelta) -> str:
             # A box of new labels on the first image: only that box is
@@ -282,6 +281,10 @@ class Segmenter:
                 held = holdout.targets_of(j, rows, cols)
                 keep = (held != IGNORE) & (held == sub.astype(np.int64) - 1) & valid
                 train = np.where((sub > 0) & valid & ~keep, sub.astype(np.int64) - 1, IGNORE)
+                fresh.score(
+                    state.model, self.device, p.x, sampler.targets_of(j, rows, cols), train,
+                    (rows.start, cols.start),
+                )  # fmt: skip
                 holdout.update_region(j, rows, cols, np.where(keep, held, IGNORE))
                 sampler.update_region(j, rows, cols, train)
             return ""
@@ -307,11 +310,11 @@ class Segmenter:
             seen = set()
             for key, t, h in new_units:
                 seen.add(key)
-                if tc.holdout_fraction <= 0:
-                    fresh.score(state.model, self.device, prepared(key).x, current.get(key), t)
-                current[key] = t
                 if key in keys:
                     j = keys.index(key)
+                    everything = (slice(0, t.shape[0]), slice(0, t.shape[1]))
+                    old = sampler.targets_of(j, *everything)
+                    fresh.score(state.model, self.device, prepared(key).x, old, t, (0, 0))
                     sampler.set_targets(j, t)
                     holdout.set_targets(j, h)
                 else:  # strokes on a slice that had none
@@ -575,25 +578,29 @@ class _FreshStrokeScore:
     the last ``window`` such updates (None until a stroke is scored).
     """
 
-    def __init__(self, window: int = 5):
+    def __init__(self, window: int = 5, enabled: bool = True):
         from collections import deque
 
+        self.enabled = enabled
         self._recent = deque(maxlen=window)
 
-    def score(self, model, device, x: np.ndarray, old: np.ndarray | None, new: np.ndarray) -> None:
-        fresh = new != IGNORE
-        if old is not None:
-            fresh &= new != old
+    def score(self, model, device, x, old, new, origin: tuple[int, int]) -> None:
+        """Score the pixels where targets ``new`` differ from ``old`` (a region at ``origin``)."""
+        if not self.enabled:
+            return
+        fresh = (new != IGNORE) & (new != old)
         if not fresh.any():
             return
         rows, cols = np.nonzero(fresh)
         halo = model.config.halo
-        y0, y1 = max(0, rows.min() - halo), min(fresh.shape[0], rows.max() + 1 + halo)
-        x0, x1 = max(0, cols.min() - halo), min(fresh.shape[1], cols.max() + 1 + halo)
+        h, w = x.shape[-2:]
+        y0 = max(0, origin[0] + rows.min() - halo)
+        y1 = min(h, origin[0] + rows.max() + 1 + halo)
+        x0 = max(0, origin[1] + cols.min() - halo)
+        x1 = min(w, origin[1] + cols.max() + 1 + halo)
         probs = predict_probabilities(model, x[:, y0:y1, x0:x1], device, halo=0)
-        pred = probs.argmax(0)
-        sel = fresh[y0:y1, x0:x1]
-        self._recent.append((int((pred[sel] == new[y0:y1, x0:x1][sel]).sum()), int(sel.sum())))
+        pred = probs.argmax(0)[rows + origin[0] - y0, cols + origin[1] - x0]
+        self._recent.append((int((pred == new[rows, cols]).sum()), len(rows)))
 
     def accuracy(self) -> float | None:
         total = sum(n for _, n in self._recent)
