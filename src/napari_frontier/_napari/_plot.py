@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 CURVES = (
     ("loss", "#ff9f40", "loss"),
     ("train_accuracy", "#4fc3f7", "train acc."),
-    ("holdout_accuracy", "#9ccc65", "held-out acc."),
+    ("holdout_accuracy", "#9ccc65", "new-stroke acc."),
 )
 MAX_POINTS = 600
 

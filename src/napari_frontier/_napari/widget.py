@@ -267,7 +267,7 @@ class FrontierWidget(QWidget):
         held = "–" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.1%}"
         return (
             f"step {upd.step} · loss {upd.loss:.3f} · train acc. {upd.train_accuracy:.1%}"
-            f" · held-out acc. {held}"
+            f" · new strokes {held}"
         )
 
     def _on_update(self, upd) -> None:
