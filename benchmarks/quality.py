@@ -288,6 +288,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["rf", "frontier", "reference"],
                    choices=["rf", "frontier", "reference", "ceiling"])  # fmt: skip
+    p.add_argument("--reference-seeds", type=int, nargs="+", default=None)
     p.add_argument("--devset", type=Path, default=DEVSET)
     p.add_argument("--no-devset", action="store_true")
     p.add_argument("--no-samples", action="store_true")
@@ -317,6 +318,8 @@ def main() -> None:
     for name, case in cases.items():
         for m in args.methods:
             seeds = args.seeds[:1] if m == "ceiling" else args.seeds
+            if m == "reference" and args.reference_seeds:
+                seeds = args.reference_seeds
             for s in seeds:
                 tasks.append((name, m, s, budgets, args.steps, args.train, args.model, case))
     # longest first keeps the pool busy

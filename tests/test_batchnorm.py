@@ -1,0 +1,57 @@
+"""BatchNorm statistics are recomputed for the weights that predict."""
+
+import numpy as np
+import torch
+
+from napari_frontier.labels import to_targets
+from napari_frontier.model import ModelConfig, build_model
+from napari_frontier.preprocess import prepare
+from napari_frontier.sampling import PatchSampler
+from napari_frontier.segmenter import Segmenter
+from napari_frontier.training import TrainConfig, recalibrate_batchnorm
+
+
+def _sampler(disk_image, seed=0):
+    image, scribbles, _ = disk_image
+    p = prepare(image)
+    return PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 32, np.random.default_rng(seed))
+
+
+def test_recalibration_gives_the_statistics_of_the_current_weights(disk_image):
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(width=8, depth=1))
+    sampler = _sampler(disk_image)
+    bn = net.stem[1]
+    bn.running_mean.fill_(100.0)  # stale statistics, far from anything the weights give
+    bn.running_var.fill_(1e-4)
+    bn.num_batches_tracked.fill_(7)
+    state = sampler.rng.bit_generator.state
+    recalibrate_batchnorm(net, sampler, torch.device("cpu"), 3, 4, seed=5)
+    # the training stream of patches is untouched, and so are the counters
+    assert sampler.rng.bit_generator.state == state
+    assert int(bn.num_batches_tracked) == 7 and bn.momentum == 0.1
+    # the statistics equal those of the same un-jittered patches under these weights
+    ref = _sampler(disk_image)
+    ref.rng = np.random.default_rng(5)
+    means = []
+    for _ in range(3):
+        x, _ = ref.sample(4, augment=False)
+        feats = net.filters.groups(torch.from_numpy(x)[:, :-1])[0][1]
+        z = net.stem[0](torch.cat([feats, torch.from_numpy(x)[:, -1:]], 1))
+        means.append(z.mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_trained_model_predicts_with_recalibrated_statistics(disk_image):
+    image, scribbles, truth = disk_image
+    tc = TrainConfig(seed=0, threads=1, device="cpu")
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=40)
+    after = {k: v.clone() for k, v in seg.model.state_dict().items() if "running" in k}
+    p = prepare(image)
+    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
+    recalibrate_batchnorm(seg.model, sampler, torch.device("cpu"), 4, 4, seed=seg.step)
+    # training ended with exactly this recalibration (same patches, same weights)
+    for k, v in seg.model.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, after[k])
