@@ -43,7 +43,7 @@ def test_recalibration_gives_the_statistics_of_the_current_weights(disk_image):
 
 
 def test_trained_model_predicts_with_recalibrated_statistics(disk_image):
-    image, scribbles, truth = disk_image
+    image, scribbles, _ = disk_image
     tc = TrainConfig(seed=0, threads=1, device="cpu")
     seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
     seg.fit(image, scribbles, steps=40)
