@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import quality  # noqa: E402
+import quality
 
-from napari_frontier.labels import to_targets  # noqa: E402
-from napari_frontier.sampling import PatchSampler  # noqa: E402
-from napari_frontier.segmenter import Segmenter  # noqa: E402
-from napari_frontier.training import TrainConfig  # noqa: E402
+from napari_frontier.labels import to_targets
+from napari_frontier.sampling import PatchSampler
+from napari_frontier.segmenter import Segmenter
+from napari_frontier.training import TrainConfig
 
 
 def main() -> None:
