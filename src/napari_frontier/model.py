@@ -50,7 +50,7 @@ class ModelConfig:
     # (context logits upsampled and added to per-pixel logits) or "mlp"
     # (context features upsampled and concatenated with the stem, then a
     # per-pixel hidden layer: context changes how local appearance is read).
-    fuse: str = "mlp"
+    fuse: str = "add"
 
     def __post_init__(self):
         s = self.context_stride

@@ -108,6 +108,33 @@ def test_end_to_end(trainer, qtbot, tmp_path, monkeypatch):
     widget.export_button.click()
     np.testing.assert_array_equal(np.load(tmp_path / "button.npy"), mask)
 
+    # The frontier as vectors: GeoJSON read back and rasterised gives the mask;
+    # "Frontier as shapes" adds an editable Shapes layer of the same rings.
+    import json
+
+    from skimage.draw import polygon as fill
+
+    _answer_file_dialogs(monkeypatch, tmp_path / "frontier.geojson")
+    widget.frontier_button.click()
+    doc = json.loads((tmp_path / "frontier.geojson").read_text())
+    raster = np.zeros(mask.shape, bool)
+    for feature in doc["features"]:
+        if feature["properties"]["class"] != 1:
+            continue
+        for i, ring in enumerate(feature["geometry"]["coordinates"]):
+            xy = np.asarray(ring) - 0.5  # pixel corners -> pixel centres
+            rr, cc = fill(xy[:, 1], xy[:, 0], mask.shape)
+            raster[rr, cc] = i == 0  # exterior fills, holes empty
+    is_mask = mask == 255
+    iou = (raster & is_mask).sum() / (raster | is_mask).sum()
+    assert iou > 0.97, iou
+    n = len(viewer.layers)
+    widget.shapes_button.click()
+    assert len(viewer.layers) == n + 1
+    shapes = viewer.layers[-1]
+    assert shapes._type_string == "shapes" and len(shapes.data) >= len(doc["features"])
+    assert set(shapes.features["class"]) <= {1, 2}
+
     # Save, reset, load: the same prediction comes back.
     before = widget.session.prediction.probabilities.copy()
     _answer_file_dialogs(monkeypatch, tmp_path / "model.pt")

@@ -12,6 +12,7 @@ never run at the same time as training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -580,6 +581,43 @@ class TrainingSession:
                 "stop training (the whole image is predicted then) and export again"
             )
         return write_image(path, self.prediction.mask(format))
+
+    def _complete_prediction(self, what: str):
+        if self.image_layer is not None and L.lead_shape(self.image_layer):
+            raise FrontierError(f"{what} of stacks: use `frontier predict --frontier` for now")
+        if self.prediction is None:
+            raise FrontierError(f"no {what} yet: train the model (or load one) first")
+        if not self.prediction_complete:
+            raise FrontierError(
+                "only the part of this large image you looked at has been predicted yet; "
+                "stop training (the whole image is predicted then) and try again"
+            )
+        return self.prediction
+
+    def frontier_polygons(self) -> list:
+        """The P = 0.5 frontier of the current prediction as polygons (with holes)."""
+        from ..vectors import frontier_polygons
+
+        pred = self._complete_prediction("frontier")
+        return frontier_polygons(probabilities=np.array(pred.probabilities, copy=True))
+
+    def export_frontier(self, path):
+        """Write the frontier as GeoJSON (.geojson/.json), ImageJ ROI set (.zip) or CSV (.csv)."""
+        from ..vectors import read_georeference, write_frontier
+
+        polygons = self.frontier_polygons()
+        geo = None
+        source = getattr(getattr(self.image_layer, "source", None), "path", None)
+        if source:
+            with contextlib.suppress(Exception):
+                geo = read_georeference(source)
+        shape = self.prediction.probabilities.shape[1:]
+        names = None
+        if self.segmenter is not None:
+            names = list(self.segmenter.class_names)
+        return write_frontier(
+            path, polygons, georeference=geo, class_names=names, image_shape=shape
+        )
 
     def _export_volume(self, path, format: str):
         from ..io import write_image

@@ -29,11 +29,11 @@ from qtpy.QtWidgets import (
 
 from ..errors import FrontierError
 from ..labels import IS, IS_NOT
+from ..suggest import suggest_location
 from . import _projects
 from . import layers as L
 from ._pickers import LayerPicker, SettingsForm
 from ._plot import CurvePlot
-from ._suggest import suggest_location
 from .session import TrainingSession
 
 if TYPE_CHECKING:
@@ -152,6 +152,17 @@ class FrontierWidget(QWidget):
             "(cancel it in the activity dock); Export then writes the whole volume",
             self._on_predict_volume,
         )
+        self.frontier_button = self._button(
+            "Export frontier…",
+            "Write the P = 0.5 frontier as polygons: GeoJSON (world coordinates for a GeoTIFF), "
+            "ImageJ/Fiji ROI set (.zip) or CSV",
+            self._on_export_frontier,
+        )
+        self.shapes_button = self._button(
+            "Frontier as shapes",
+            "Add the frontier as an editable Shapes layer (one polygon per object and hole)",
+            self._on_frontier_shapes,
+        )
         self.save_button = self._button("Save model…", "Save the network", self._on_save)
         self.load_button = self._button("Load model…", "Load a saved network", self._on_load)
         self.apply_picker = LayerPicker(
@@ -169,11 +180,13 @@ class FrontierWidget(QWidget):
         grid.addWidget(self.volume_button, 0, 0, 1, 2)
         grid.addWidget(self.format_box, 1, 0)
         grid.addWidget(self.export_button, 1, 1)
-        grid.addWidget(self.save_button, 2, 0)
-        grid.addWidget(self.load_button, 2, 1)
-        grid.addWidget(QLabel("Apply to"), 3, 0)
-        grid.addWidget(self.apply_picker.native, 3, 1)
-        grid.addWidget(self.apply_button, 4, 1)
+        grid.addWidget(self.frontier_button, 2, 0)
+        grid.addWidget(self.shapes_button, 2, 1)
+        grid.addWidget(self.save_button, 3, 0)
+        grid.addWidget(self.load_button, 3, 1)
+        grid.addWidget(QLabel("Apply to"), 4, 0)
+        grid.addWidget(self.apply_picker.native, 4, 1)
+        grid.addWidget(self.apply_button, 5, 1)
         self.save_project_button = self._button(
             "Save project…",
             "Save image reference, scribbles, model and settings in one file",
@@ -187,9 +200,9 @@ class FrontierWidget(QWidget):
             "Add the autosaved scribbles of this image as a new layer and load the autosaved model",
             self._on_restore,
         )
-        grid.addWidget(self.save_project_button, 5, 0)
-        grid.addWidget(self.open_project_button, 5, 1)
-        grid.addWidget(self.restore_button, 6, 0, 1, 2)
+        grid.addWidget(self.save_project_button, 6, 0)
+        grid.addWidget(self.open_project_button, 6, 1)
+        grid.addWidget(self.restore_button, 7, 0, 1, 2)
         results = QGroupBox("Results")
         results.setLayout(grid)
         self.settings = SettingsForm(self.session.train_config, self.session.n_classes)
@@ -321,6 +334,32 @@ class FrontierWidget(QWidget):
         """Write the current prediction to ``path`` (binary or labels mask)."""
         return self.session.export_mask(path, format or self.format_box.currentText())
 
+    def export_frontier(self, path):
+        """Write the frontier of the current prediction (format by suffix); returns the path."""
+        return self.session.export_frontier(path)
+
+    def frontier_shapes(self):
+        """Add the frontier of the current prediction as a Shapes layer and return it."""
+        polygons = self.session.frontier_polygons()
+        rings, classes = [], []
+        for poly in polygons:
+            for ring in poly.rings:
+                rings.append(ring[:-1])
+                classes.append(poly.label)
+        if not rings:
+            raise FrontierError("the prediction has no frontier: a single class everywhere")
+        colours = {IS: "yellow", IS_NOT: "cyan"}
+        layer = self.viewer.add_shapes(
+            rings,
+            shape_type="polygon",
+            edge_color=[colours.get(k, "magenta") for k in classes],
+            face_color="transparent",
+            edge_width=1,
+            name="frontier shapes",
+            features={"class": classes},
+        )
+        return layer
+
     def save_model(self, path) -> None:
         """Save the network to ``path``."""
         self.session.save(path)
@@ -434,6 +473,21 @@ class FrontierWidget(QWidget):
         )
         if path:
             show_info(f"napari-frontier: wrote {self.export_mask(path)}")
+
+    @_shows_errors
+    def _on_export_frontier(self):
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export frontier",
+            "frontier.geojson",
+            "GeoJSON (*.geojson *.json);;ImageJ ROI set (*.zip);;CSV (*.csv)",
+        )
+        if path:
+            show_info(f"napari-frontier: wrote {self.export_frontier(path)}")
+
+    @_shows_errors
+    def _on_frontier_shapes(self):
+        self.frontier_shapes()
 
     @_shows_errors
     def _on_save(self):
