@@ -30,12 +30,12 @@ def test_recalibration_gives_the_statistics_of_the_current_weights(disk_image):
     # the training stream of patches is untouched, and so are the counters
     assert sampler.rng.bit_generator.state == state
     assert int(bn.num_batches_tracked) == 7 and bn.momentum == 0.1
-    # the statistics equal those of the same un-jittered patches under these weights
+    # the statistics equal those of the same patches under these weights
     ref = _sampler(disk_image)
     ref.rng = np.random.default_rng(5)
     means = []
     for _ in range(3):
-        x, _ = ref.sample(4, augment=False)
+        x, _ = ref.sample(4)
         feats = net.filters.groups(torch.from_numpy(x)[:, :-1])[0][1]
         z = net.stem[0](torch.cat([feats, torch.from_numpy(x)[:, -1:]], 1))
         means.append(z.mean((0, 2, 3)))

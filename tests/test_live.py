@@ -294,3 +294,23 @@ def test_large_slices_are_predicted_where_the_user_looks(disk_image, monkeypatch
     assert not predictor.frontier[beyond].any()
     whole = predictor.run(final=True)
     assert whole.complete and np.isfinite(whole.p_is).all()
+
+
+def test_overlays_carry_a_convergence_signal(disk_image):
+    image, scribbles, _ = disk_image
+    trainer = LiveTrainer(
+        _segmenter(), image, scribbles, view=View((), (0, 96, 0, 96)), predict_interval=0.02
+    )
+    seen = []
+
+    def on_event(event, events):
+        if isinstance(event, OverlayDelta) and not event.final:
+            seen.append(event.stability)
+            if len(seen) == 4:
+                trainer.send(Stop())
+
+    _drive(trainer, on_event)
+    assert seen[0].changed is None  # a new region: nothing to compare with yet
+    for s in seen[1:]:
+        assert 0.0 <= s.changed <= 1.0
+        assert "changed" in s.describe()

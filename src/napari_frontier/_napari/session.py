@@ -143,6 +143,8 @@ class TrainingSession:
         self._last_warning = ""
         self._redraw_pending = False
         self._last_delta: OverlayDelta | None = None
+        #: How much the live prediction of the view changes (convergence signal).
+        self.stability = None
         self._dirty_since = self._refresh_since = 0.0
         #: "Predict volume": the image layer, its class map (1..K, 0 = invalid),
         #: and whether every slice was predicted.
@@ -250,6 +252,8 @@ class TrainingSession:
             self.first_overlay_seconds = time.perf_counter() - self._started_at
         self.overlay_count += 1
         self._last_delta = delta
+        if delta.stability is not None:
+            self.stability = delta.stability
         if not self._redraw_pending:
             self._redraw_pending = True
             QTimer.singleShot(0, self._redraw)

@@ -284,7 +284,11 @@ class FrontierWidget(QWidget):
         )
 
     def _on_update(self, upd) -> None:
-        self.status.setText(f"{self._describe(upd)} · {upd.steps_per_second:.1f} steps/s")
+        text = f"{self._describe(upd)} · {upd.steps_per_second:.1f} steps/s"
+        stability = self.session.stability
+        if stability is not None and stability.changed is not None:
+            text += f" · {stability.describe()}"
+        self.status.setText(text)
         self.plot.add(upd)
 
     def _on_state(self, training: bool) -> None:
