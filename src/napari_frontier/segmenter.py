@@ -254,7 +254,9 @@ class Segmenter:
         self._state = state
         # Test-then-train: strokes that arrive while training runs are scored
         # by the current model before they join the training set.
-        fresh = _FreshStrokeScore(enabled=tc.holdout_fraction <= 0)
+        fresh = _FreshStrokeScore(
+            enabled=tc.holdout_fraction <= 0, min_interval=5 * tc.update_interval
+        )
 
         def on_delta(delta: ScribbleDelta) -> str:
             # A box of new labels on the first image: only that box is
@@ -578,15 +580,20 @@ class _FreshStrokeScore:
     the last ``window`` such updates (None until a stroke is scored).
     """
 
-    def __init__(self, window: int = 5, enabled: bool = True):
+    def __init__(self, window: int = 5, enabled: bool = True, min_interval: float = 0.0):
         from collections import deque
 
         self.enabled = enabled
+        # Scoring costs a forward pass over the stroke and its context: while
+        # someone paints fast (many small boxes a second) score a sample of
+        # the edits, at most one per ``min_interval`` seconds; all of them train.
+        self.min_interval = min_interval
+        self._last = -float("inf")
         self._recent = deque(maxlen=window)
 
     def score(self, model, device, x, old, new, origin: tuple[int, int]) -> None:
         """Score the pixels where targets ``new`` differ from ``old`` (a region at ``origin``)."""
-        if not self.enabled:
+        if not self.enabled or time.perf_counter() - self._last < self.min_interval:
             return
         fresh = (new != IGNORE) & (new != old)
         if not fresh.any():
@@ -601,6 +608,7 @@ class _FreshStrokeScore:
         probs = predict_probabilities(model, x[:, y0:y1, x0:x1], device, halo=0)
         pred = probs.argmax(0)[rows + origin[0] - y0, cols + origin[1] - x0]
         self._recent.append((int((pred == new[rows, cols]).sum()), len(rows)))
+        self._last = time.perf_counter()
 
     def accuracy(self) -> float | None:
         total = sum(n for _, n in self._recent)
