@@ -4,7 +4,7 @@ A single seeded IoU bar fails on other CPUs and thread counts (rounding-level
 differences move one training run by more than any bar's margin). Instead
 the median over three seeds must reach scikit-image's random-forest pixel
 classifier trained on the same scribbles in the same test, less a small
-tolerance; the spread over seeds must stay small.
+tolerance, and no seed may collapse.
 """
 
 import statistics
@@ -61,4 +61,5 @@ def test_median_of_three_seeds_reaches_the_random_forest(name):
     med = statistics.median(ious)
     print(f"{name}: random forest {rf:.3f}; {STEPS} steps, seeds {SEEDS}: {np.round(ious, 3)}")
     assert med >= rf - 0.03
-    assert max(ious) - min(ious) < 0.15
+    # no seed collapses to one class (as running BatchNorm statistics made it do)
+    assert min(ious) > 0.5 * rf
