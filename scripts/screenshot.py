@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(ROOT / "docs" / "screenshot.png"))
     p.add_argument("--sample", default="nuclei", help="bundled sample: nuclei or textures")
     p.add_argument("--stack", action="store_true", help="a stack of the sample (see above)")
+    p.add_argument("--shapes", action="store_true", help="the frontier as vector shapes, zoomed in")
     args = p.parse_args(argv)
     if args.stack and args.output == p.get_default("output"):
         args.output = str(ROOT / "docs" / "screenshot-stack.png")
@@ -68,6 +69,12 @@ def main(argv=None) -> int:
             wait(100)
     viewer.layers.selection.active = viewer.layers["scribbles"]
     viewer.reset_view()
+    if args.shapes:
+        for name in ("frontier", "prediction"):
+            viewer.layers[name].visible = False
+        shapes = widget.frontier_shapes()
+        shapes.edge_width = 2
+        viewer.camera.zoom *= 2.5
     wait(1000)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
