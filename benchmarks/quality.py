@@ -160,20 +160,19 @@ def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=No
     try:
         for upd in gen:
             at = upd.step if steps_mode else upd.elapsed - paused
+            if not (todo and at >= todo[0]):
+                continue
+            # one prediction scores every budget this update has reached
+            t0 = time.perf_counter()
+            iou = iou_of(seg.predict(image).labels, truth, k)
+            out["predict_s"] = time.perf_counter() - t0
+            paused += out["predict_s"]
             while todo and at >= todo[0]:
-                t0 = time.perf_counter()
-                pred = seg.predict(image)
-                paused += time.perf_counter() - t0
-                b = todo.pop(0)
-                out[b] = {"iou": iou_of(pred.labels, truth, k), "step": upd.step,
-                          "seconds": upd.elapsed - paused}  # fmt: skip
+                out[todo.pop(0)] = {"iou": iou, "step": upd.step, "seconds": upd.elapsed - paused}
             if not todo:
                 break
     finally:
         gen.close()
-    t0 = time.perf_counter()
-    seg.predict(image)
-    out["predict_s"] = time.perf_counter() - t0
     return out
 
 
