@@ -191,6 +191,12 @@ def main(argv=None) -> int:
         f"end {mem[-1]:.0f} MiB, peak {mem.max():.0f} MiB; growth after warm-up "
         f"{mem[-1] - warm_mb:+.0f} MiB ({slope:+.2f} MiB/min fitted)"
     )
+    every = max(1, round(args.minutes / 10))
+    marks = [m for m in range(0, int(times[-1] // 60) + 1, every)]
+    trend = ", ".join(
+        f"{m}:{mem[min(np.searchsorted(times, m * 60), len(mem) - 1)]:.0f}" for m in marks
+    )
+    print(f"RSS (MiB) by minute: {trend}")
     print(
         f"event loop (10 ms heartbeat, {len(gaps)} ticks): longest stall {gaps.max() * 1000:.0f} ms "
         f"at t={tick_t[gaps.argmax()]:.0f} s; longest after warm-up {after.max() * 1000:.0f} ms; "

@@ -55,3 +55,28 @@ def test_trained_model_predicts_with_recalibrated_statistics(disk_image):
     for k, v in seg.model.state_dict().items():
         if "running" in k:
             torch.testing.assert_close(v, after[k])
+
+
+def test_weight_average_predicts_with_its_own_recalibrated_statistics(disk_image):
+    """With a weight average, its BatchNorm statistics are recomputed for the averaged weights."""
+    image, scribbles, _ = disk_image
+    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9)
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=40)
+    average = seg.predict_model
+    assert average is not seg.model and not average.training  # it predicts, in eval mode
+    after = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
+    p = prepare(image)
+    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
+    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 4, 4, seed=seg.step)
+    for k, v in average.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, after[k])
+    assert not average.training
+    # the averaged weights differ from the raw ones, so their statistics do too
+    raw = seg.model.state_dict()
+    assert any(not torch.equal(raw[k], v) for k, v in average.state_dict().items() if "weight" in k)
+    # and the checkpoint holds the weights that predict
+    saved = seg.state_dict()["state_dict"]
+    for k, v in average.state_dict().items():
+        torch.testing.assert_close(saved[k], v.cpu())

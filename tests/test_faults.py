@@ -213,6 +213,7 @@ def test_failed_step_stops_with_last_good_weights(disk_image, fault):
 def test_out_of_memory_retries_with_smaller_batch(disk_image, oom):
     seg, image, scribbles = _fresh(disk_image, batch_size=4)
     seg._ensure_model(1)
+    seg._ensure_optimizer()  # the weight average is a copy of the model: leave it unwrapped
     fail = _Fail(seg.model, oom, calls=(1,))
     updates = list(seg.training(image, scribbles, steps=5))
     assert fail.batch_sizes[:2] == [4, 2]  # failed at 4, retried at 2

@@ -88,15 +88,16 @@ def masked_mse(
     return _reduce(per_pixel, mask, weight)
 
 
-def class_balance_weights(counts, eps: float = 1.0) -> torch.Tensor:
-    """Per-class weights inversely proportional to painted pixel counts.
+def class_balance_weights(counts, eps: float = 1.0, power: float = 1.0) -> torch.Tensor:
+    """Per-class weights inversely proportional to painted pixel counts (to ``power``).
 
-    Normalised so that the painted pixels' mean weight is 1. A class with no
-    painted pixel gets weight 0.
+    ``power=1`` equalises the classes, ``0.5`` goes half way (on a log
+    scale), ``0`` weighs every pixel alike. Normalised so that the painted
+    pixels' mean weight is 1. A class with no painted pixel gets weight 0.
     """
     counts = torch.as_tensor(counts, dtype=torch.float32)
     present = counts > 0
-    w = torch.where(present, 1.0 / (counts + eps), torch.zeros_like(counts))
+    w = torch.where(present, (counts + eps) ** -float(power), torch.zeros_like(counts))
     total = (w * counts).sum()
     if total > 0:
         w = w * counts.sum() / total

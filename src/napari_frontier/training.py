@@ -36,6 +36,10 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     class_balance: bool = True
+    #: Class weights are ``painted pixels ** -class_balance_power`` (1 =
+    #: every class weighs the same in the loss; patch centres are drawn
+    #: class-uniformly in any case).
+    class_balance_power: float = 1.0
     #: Fraction of strokes held out of training (a fixed split). 0, the
     #: default: every stroke trains, and a stroke painted while training runs
     #: is first scored by the current model (test-then-train).
@@ -45,11 +49,12 @@ class TrainConfig:
     amp: bool = True
     threads: int | None = None
     smoothness: float = 0.0
-    #: Predictions use an exponential moving average of the weights (and of
-    #: the BatchNorm statistics) with this decay; 0 = the raw weights, the
-    #: default: averaged weights with the raw model's BatchNorm statistics
-    #: collapsed to one class after ~900 steps on a held-out texture set.
-    ema: float = 0.0
+    #: Predictions (and checkpoints) use an exponential moving average of
+    #: the weights with this decay (ramped up as ``(1 + n) / (10 + n)``),
+    #: with BatchNorm statistics recomputed for the averaged weights; 0 = the
+    #: raw weights. Measured on the dev set (11 images, 2 seeds, 1500
+    #: steps): mean IoU 0.721 -> 0.757, worst seed 0.107 -> 0.458.
+    ema: float = 0.99
     smoothness_sigma: float = 0.15
     #: Label-free regulariser weighted by ``smoothness``: "neighbours"
     #: (4-neighbour edge-aware smoothness) or "crf" (relaxed Potts / CRF
@@ -68,6 +73,9 @@ class TrainConfig:
     #: last update). Measured: every 16 steps still let a texture image
     #: collapse to IoU 0.000 at 150 steps; at every update it did not.
     bn_recalibration_steps: int = 1
+    #: Learning rate at step n is ``learning_rate / sqrt(1 + n / lr_decay_steps)``
+    #: (no horizon needed: training may run for any time); 0 = constant.
+    lr_decay_steps: float = 0.0
     update_interval: float = 0.25
     holdout_interval: float = 1.0
 
@@ -140,10 +148,11 @@ def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
         x, t = sampler.sample(batch, augment=False)
     finally:
         sampler.rng = saved
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         pred = model(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
-    model.train()
+    model.train(was_training)
     scored = t != IGNORE
     return float((pred[scored] == t[scored]).mean()) if scored.any() else None
 
@@ -252,6 +261,7 @@ def train_steps(
         )
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    predictor = state.shadows[0] if state.shadows else model
     while not finished():
         # Running statistics start as a plain average of the batches seen and
         # only then become an exponential average: with the default momentum
@@ -261,7 +271,9 @@ def train_steps(
             bn.momentum = max(config.bn_momentum, 1.0 / (1 + int(bn.num_batches_tracked)))
         try:
             if config.class_balance:
-                cw = class_balance_weights(sampler.class_counts()).to(device)
+                cw = class_balance_weights(
+                    sampler.class_counts(), power=config.class_balance_power
+                ).to(device)
             x, t = sampler.sample(batch_size)
             xb = torch.from_numpy(x).to(device, non_blocking=True)
             tb = torch.from_numpy(t).to(device, non_blocking=True)
@@ -283,6 +295,10 @@ def train_steps(
                     "the last good weights were kept. Try a lower learning rate."
                 )
             opt.zero_grad(set_to_none=True)
+            if config.lr_decay_steps > 0:
+                lr = config.learning_rate / math.sqrt(1 + state.step / config.lr_decay_steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -317,13 +333,15 @@ def train_steps(
             if state.step - last_recalibration >= config.bn_recalibration_steps or (
                 state.step - first_step == 1
             ):
-                recalibrate_batchnorm(
-                    model, sampler, device, config.bn_recalibration, batch_size, state.step,
-                    amp_dtype,
-                )  # fmt: skip
+                # only the weights that predict (a weight average, if any)
+                for m in state.shadows or [model]:
+                    recalibrate_batchnorm(
+                        m, sampler, device, config.bn_recalibration, batch_size, state.step,
+                        amp_dtype,
+                    )  # fmt: skip
                 last_recalibration = state.step
             if now - last_holdout_t >= config.holdout_interval:
-                holdout_acc = _holdout_accuracy(model, holdout, device)
+                holdout_acc = _holdout_accuracy(predictor, holdout, device)
                 last_holdout_t = time.perf_counter()
             good = copy.deepcopy(model.state_dict())
             good_step = state.good_step = state.step
@@ -334,10 +352,11 @@ def train_steps(
             last_yield = time.perf_counter()
             if incoming is not None and on_scribbles is not None:
                 message = on_scribbles(incoming) or ""
-    recalibrate_batchnorm(
-        model, sampler, device, config.bn_recalibration, batch_size, state.step, amp_dtype
-    )
-    holdout_acc = _holdout_accuracy(model, holdout, device)
+    for m in (model, *state.shadows):
+        recalibrate_batchnorm(
+            m, sampler, device, config.bn_recalibration, batch_size, state.step, amp_dtype
+        )
+    holdout_acc = _holdout_accuracy(predictor, holdout, device)
     final = update(True)
     incoming = yield final
     if incoming is not None and on_scribbles is not None:
