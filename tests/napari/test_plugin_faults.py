@@ -207,8 +207,13 @@ def test_continuous_painting_worker_sees_only_consistent_copies(trainer, qtbot):
         layer.paint((int(y), int(x)), 1 + i % 2, refresh=False)
         layer.refresh()  # a refresh per dab too, as undo/redo give
         qtbot.wait(400 if i % 40 == 39 else 5)
-    received = widget.session.scribbles_received
-    qtbot.waitUntil(lambda: widget.session.scribbles_received > received, timeout=TIMEOUT)
+    session = widget.session
+
+    def all_trained_on():  # nothing left to send, and the trainer took the newest delta
+        return session._dirty is None and session._received_version >= session._version
+
+    qtbot.waitUntil(all_trained_on, timeout=TIMEOUT)
+    assert session.scribbles_received > 0
     assert widget.is_training and len(sent) >= 5
     versions = [d.version for d, _ in sent]
     assert versions == sorted(set(versions))
