@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         f"{mem[-1] - warm_mb:+.0f} MiB ({slope:+.2f} MiB/min fitted)"
     )
     every = max(1, round(args.minutes / 10))
-    marks = [m for m in range(0, int(times[-1] // 60) + 1, every)]
+    marks = range(0, int(times[-1] // 60) + 1, every)
     trend = ", ".join(
         f"{m}:{mem[min(np.searchsorted(times, m * 60), len(mem) - 1)]:.0f}" for m in marks
     )
