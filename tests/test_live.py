@@ -128,6 +128,30 @@ def test_a_stroke_sent_as_a_delta_is_trained_on(disk_image, spy):
     assert seg.step > state["seen"]  # and it went on training with the stroke
 
 
+def test_the_first_overlay_after_a_stroke_shows_where_it_was_painted(disk_image, monkeypatch):
+    """New strokes: the place painted is predicted first, then the whole view again."""
+    monkeypatch.setattr(live, "FOCUS_MARGIN", 6)
+    image, scribbles, _ = disk_image
+    trainer = LiveTrainer(_segmenter(), image, scribbles, predict_interval=0.02)
+    stroke = np.full((3, 12), 2, np.uint8)
+    after = []
+
+    def on_event(event, events):
+        if not isinstance(event, OverlayDelta) or event.final:
+            return
+        if event.complete and not trainer._deltas and not after and trainer.version == 0:
+            trainer.send(ScribbleDelta((70, 60), stroke, version=1))
+        elif event.scribbles_version == 1:
+            after.append(event.region)
+            if len(after) == 2:
+                trainer.send(Stop(final_prediction=False))
+
+    _drive(trainer, on_event)
+    # the stroke's box (70..73, 60..72) grown by 6 pixels, and the frontier's rim
+    assert after[0] == (63, 80, 53, 79)
+    assert after[1] == (0, 96, 0, 96)  # then the whole (small) slice again
+
+
 def test_erasing_a_whole_class_keeps_the_previous_scribbles(disk_image, spy):
     image, scribbles, _ = disk_image
     seg = _segmenter()

@@ -233,3 +233,49 @@ def test_cli_trains_on_a_multichannel_stack(tmp_path, stack, capsys):
     mask = read_image(tmp_path / "mask.tif")
     assert mask.shape == truth.shape
     assert ((mask == 255) == truth).mean() > 0.85
+
+
+def _traced_numpy_bytes() -> int:
+    import tracemalloc
+
+    snap = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    )
+    return sum(t.size for t in snap.traces)
+
+
+def test_stack_training_memory_does_not_grow_with_painted_slices():
+    """Patches of an in-memory stack are normalised on demand: same training, less memory.
+
+    A lazy (dask) stack keeps each painted slice normalised; an in-memory
+    one keeps none, and both train on exactly the same patches.
+    """
+    import tracemalloc
+
+    da = pytest.importorskip("dask.array")
+    r = np.random.default_rng(5)
+    pairs = [_disk_slice(r, 120, 100 + 2 * z, size=256, radius=40) for z in range(24)]
+    image = np.stack([p[0] for p in pairs])
+    scribbles = np.zeros(image.shape, np.uint8)
+    for z in range(24):  # every slice painted
+        scribbles[z] = _scribble(pairs[z][1], 120, 100 + 2 * z)
+
+    held, weights = {}, {}
+    for name, img in (("numpy", image), ("dask", da.from_array(image, chunks=(1, 256, 256)))):
+        seg = Segmenter(train_config=FAST, model_config=SMALL)
+        tracemalloc.start()
+        try:
+            gen = seg.training(img, scribbles, steps=12)
+            next(gen)
+            held[name] = _traced_numpy_bytes()
+            for _ in gen:
+                pass
+        finally:
+            tracemalloc.stop()
+        weights[name] = [p.detach().clone() for p in seg.model.parameters()]
+
+    for a, b in zip(weights["numpy"], weights["dask"], strict=True):
+        assert np.array_equal(a.numpy(), b.numpy())
+    slices = 24 * 2 * 256 * 256 * 4  # every painted slice normalised: 12 MiB
+    assert held["dask"] > slices
+    assert held["numpy"] < held["dask"] - 0.75 * slices, held

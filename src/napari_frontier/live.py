@@ -48,6 +48,11 @@ REGION_FRACTION = 0.6
 #: Live predictions cover at most this many pixels (around the centre of the
 #: view); larger slices are predicted whole when training stops.
 MAX_LIVE_PIXELS = 1024 * 1024
+#: The first prediction after new strokes covers the strokes' box grown by
+#: FOCUS_MARGIN pixels (within the view), at most FOCUS_PIXELS: the painted
+#: place updates in a fraction of the time of the whole view, which follows.
+FOCUS_MARGIN = 96
+FOCUS_PIXELS = 512 * 512
 #: Between predictions the trainer trains TRAIN_SHARE times as long as the
 #: last prediction took (prediction gets a third of the worker's time) ...
 TRAIN_SHARE = 2.0
@@ -236,12 +241,22 @@ class SlicePredictor:
         self.done.fill(False)
         self.valid.fill(True)
 
-    def _choose(self, region, whole: bool) -> tuple[int, int, int, int]:
+    def _choose(self, region, whole: bool, focus=None) -> tuple[int, int, int, int]:
         h, w = self.shape
         small = h * w <= MAX_LIVE_PIXELS
         if whole or (small and not self.done.all()):
             return 0, h, 0, w
         r = clip_region((0, h, 0, w) if region is None else region, (h, w), MAX_LIVE_PIXELS)
+        if focus is not None:
+            m = FOCUS_MARGIN
+            box = (
+                max(r[0], focus[0] - m),
+                min(r[1], focus[1] + m),
+                max(r[2], focus[2] - m),
+                min(r[3], focus[3] + m),
+            )
+            if box[0] < box[1] and box[2] < box[3]:  # the strokes are in view
+                return clip_region(box, (h, w), FOCUS_PIXELS)
         if small and (r[1] - r[0]) * (r[3] - r[2]) >= REGION_FRACTION * h * w:
             return 0, h, 0, w
         return r
@@ -275,14 +290,19 @@ class SlicePredictor:
         version: int = 0,
         whole: bool = False,
         final: bool = False,
+        focus: tuple[int, int, int, int] | None = None,
     ) -> OverlayDelta:
-        """Predict the part of the slice in ``view`` (or all of it); return that region."""
+        """Predict the part of the slice in ``view`` (or all of it); return that region.
+
+        ``focus`` ``(r0, r1, c0, c1)``: new strokes there; once the slice has
+        been predicted whole, predict only around them (within the view).
+        """
         t0 = time.perf_counter()
         if view is not None:
             self.select(view.index)
         region = None if view is None else view.region
         h, w = self.shape
-        r0, r1, c0, c1 = self._choose(region, whole or final)
+        r0, r1, c0, c1 = self._choose(region, whole or final, focus)
         core, valid = self._predict((slice(r0, r1), slice(c0, c1)))
         self.probs[:, r0:r1, c0:c1] = core
         self.valid[r0:r1, c0:c1] = valid
@@ -477,6 +497,7 @@ class LiveTrainer:
             self._counts = class_counts(self.scribbles, seg.n_classes)
             yield Tick.of(upd, self.version)
             next_predict = time.perf_counter() + self.predict_interval
+            focus = None  # where the strokes just trained on are (index, yx box)
             while True:
                 stop, view, deltas, unshown, show_seconds = self._take()
                 message = self._apply(deltas) if deltas else ""
@@ -491,13 +512,22 @@ class LiveTrainer:
                     self._pending = None
                     upd = gen.send(change)  # trains on it until the next update
                     self.version = change.version
+                    box = change.region
+                    focus = (
+                        tuple(s.start for s in box[:-2]),
+                        (box[-2].start, box[-2].stop, box[-1].start, box[-1].stop),
+                    )
                     next_predict = time.perf_counter()  # show its effect now
                 else:
                     upd = next(gen)
                 yield Tick.of(upd, self.version, message or upd.message)
                 ready = not self.wait_for_shown or unshown == 0
                 if ready and time.perf_counter() >= next_predict and not self.stopping:
-                    overlay = predictor.run(self._view, upd.step, self.version)
+                    here = focus is not None and focus[0] == predictor.clip_index(self._view.index)
+                    overlay = predictor.run(
+                        self._view, upd.step, self.version, focus=focus[1] if here else None
+                    )
+                    focus = None
                     with self._lock:
                         self._unshown += 1
                     wait = max(

@@ -270,6 +270,41 @@ def prepare_slice(
     return normalise(layout.read(image, index, region), stats, nodata)
 
 
+class NormalisedSlice:
+    """One slice of an in-memory stack, read and normalised region by region on demand.
+
+    Looks like the ``(C + 1, H, W)`` float32 input :func:`prepare_slice` gives
+    (channels, then validity) but keeps nothing: ``x[:, rows, cols]``
+    normalises just that region. Normalisation is per pixel with
+    whole-image statistics, so a region equals the same region of the
+    whole prepared slice. Training on a stack keeps these instead of every
+    painted slice, so memory does not grow with the number of slices painted.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 3
+
+    def __init__(self, image, layout: Layout, stats: NormStats, index, nodata=None):
+        self.image, self.layout, self.stats = image, layout, stats
+        self.index = tuple(int(i) for i in index)
+        self.nodata = nodata
+        self.shape = (layout.n_channels + 1, *layout.yx)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple) or len(key) != 3 or key[0] != slice(None):
+            raise IndexError("index a NormalisedSlice as x[:, rows, cols] with slices")
+        h, w = self.shape[1:]
+        rows = slice(*key[1].indices(h)[:2])
+        cols = slice(*key[2].indices(w)[:2])
+        return prepare_slice(
+            self.image, self.layout, self.stats, self.index, (rows, cols), self.nodata
+        ).x
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self[:, :, :]
+        return x if dtype is None else x.astype(dtype)
+
+
 def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 

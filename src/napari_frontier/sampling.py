@@ -18,9 +18,12 @@ class PatchSampler:
     Parameters
     ----------
     images
-        List of ``(C + 1, H, W)`` float32 inputs (validity last).
+        List of ``(C + 1, H, W)`` float32 inputs (validity last): arrays, or
+        objects that give one as ``x[:, rows, cols]`` (e.g.
+        :class:`~napari_frontier.nd.NormalisedSlice`, read on demand).
     targets
-        List of ``(H, W)`` int64 targets (IGNORE or 0..K-1).
+        List of ``(H, W)`` integer targets (IGNORE or 0..K-1); kept in the
+        smallest signed type that holds them.
     n_classes
         K.
     patch_size
@@ -31,6 +34,8 @@ class PatchSampler:
 
     def __init__(self, images, targets, n_classes: int, patch_size: int, rng: np.random.Generator):
         self.n_classes = n_classes
+        # targets of every painted slice stay in memory: one byte per pixel
+        self._tdtype = np.int8 if n_classes <= np.iinfo(np.int8).max else np.int16
         # Patches larger than the smallest image would be mostly padding,
         # which skews BatchNorm statistics: shrink them to fit (in steps of
         # 16, the network's default pooling grid).
@@ -49,12 +54,13 @@ class PatchSampler:
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         """Add an image and its targets, padded so any patch fits."""
         p = self.patch_size
+        t = np.asarray(t).astype(self._tdtype, copy=False)
         h, w = t.shape
         self._shapes.append((h, w))
         py, px = max(0, p - h), max(0, p - w)
         if py or px:
             pad = ((py // 2, py - py // 2), (px // 2, px - px // 2))
-            x = np.pad(x, ((0, 0), *pad), mode="constant")
+            x = np.pad(np.asarray(x, dtype=np.float32), ((0, 0), *pad), mode="constant")
             t = np.pad(t, pad, mode="constant", constant_values=IGNORE)
         self._images.append(x)
         self._targets.append(t)
@@ -63,6 +69,7 @@ class PatchSampler:
     def set_targets(self, index: int, t: np.ndarray) -> None:
         """Replace the targets of image ``index`` (new strokes while training)."""
         h, w = self._targets[index].shape
+        t = np.asarray(t).astype(self._tdtype, copy=False)
         th, tw = t.shape
         if (th, tw) != (h, w):
             py, px = h - th, w - tw

@@ -25,10 +25,22 @@ from .labels import (
     validate_scribbles,
 )
 from .model import ModelConfig, build_model
-from .nd import Layout, NormStats, compute_stats, make_layout, predict_region, prepare_slice
+from .nd import (
+    Layout,
+    NormalisedSlice,
+    NormStats,
+    compute_stats,
+    make_layout,
+    predict_region,
+    prepare_slice,
+)
 from .preprocess import DEFAULT_PERCENTILES, Prepared, prepare
 from .sampling import PatchSampler
 from .training import TrainConfig, TrainState, TrainUpdate, train_steps
+
+#: Normalised slices of an in-memory stack kept while training (the rest are
+#: normalised again when painted: patches are read on demand).
+_KEEP_SLICES = 2
 
 
 def _as_list(v):
@@ -227,17 +239,36 @@ class Segmenter:
         stats = [self.stats(im, lay) for im, lay in zip(images, layouts, strict=True)]
         cache: dict[tuple, Prepared] = {}
 
+        def on_demand(i: int) -> bool:
+            # Patches of an in-memory stack are normalised as they are drawn
+            # (cheap), so memory does not grow with the number of slices
+            # painted; a lazy stack (dask, zarr) keeps each painted slice
+            # normalised instead of reading from storage at every step.
+            return bool(layouts[i].lead_shape) and isinstance(images[i], np.ndarray)
+
         def prepared(key) -> Prepared:
-            # only painted slices of a stack are ever normalised (and kept)
-            if key not in cache:
-                i, idx = key
-                cache[key] = prepare_slice(images[i], layouts[i], stats[i], idx, None, self.nodata)
+            # only painted slices of a stack are ever normalised
+            if key in cache:
+                cache[key] = cache.pop(key)  # the most recently used last
+                return cache[key]
+            i, idx = key
+            cache[key] = prepare_slice(images[i], layouts[i], stats[i], idx, None, self.nodata)
+            transient = [k for k in cache if on_demand(k[0])]
+            for k in transient[:-_KEEP_SLICES]:
+                del cache[k]
             return cache[key]
+
+        def source(key):
+            """What the samplers draw patches from for ``key``."""
+            i, idx = key
+            if on_demand(i):
+                return NormalisedSlice(images[i], layouts[i], stats[i], idx, self.nodata)
+            return prepared(key).x
 
         tc = self.train_config
         rng = np.random.default_rng(tc.seed)
         units = self._units(checked, layouts, prepared, rng)
-        for key, *_ in units:
+        for key in [u[0] for u in units]:
             _check_not_constant(prepared(key))
         for lay in layouts:
             self._ensure_model(lay.n_channels)
@@ -245,9 +276,10 @@ class Segmenter:
         if tc.threads:
             torch.set_num_threads(int(tc.threads))
         keys = [u[0] for u in units]
-        xs = [prepared(k).x for k in keys]
+        xs = [source(k) for k in keys]
         sampler = PatchSampler(xs, [u[1] for u in units], self.n_classes, tc.patch_size, rng)
         holdout = PatchSampler(xs, [u[2] for u in units], self.n_classes, tc.patch_size, rng)
+        del units, checked, xs  # the samplers keep compact copies of what they need
         state = TrainState(self.model, self.optimizer, self.device, self.step)
         if self._ema is not None:
             state.shadows = [self._ema.module]
@@ -276,8 +308,8 @@ class Segmenter:
                 p = prepared(key)
                 if key not in keys:  # strokes on a slice that had none
                     keys.append(key)
-                    sampler.add(p.x, np.full(p.shape, IGNORE, dtype=np.int64))
-                    holdout.add(p.x, np.full(p.shape, IGNORE, dtype=np.int64))
+                    sampler.add(source(key), np.full(p.shape, IGNORE, dtype=np.int8))
+                    holdout.add(source(key), np.full(p.shape, IGNORE, dtype=np.int8))
                 j = keys.index(key)
                 valid = p.valid[rows, cols]
                 held = holdout.targets_of(j, rows, cols)
@@ -321,11 +353,11 @@ class Segmenter:
                     holdout.set_targets(j, h)
                 else:  # strokes on a slice that had none
                     keys.append(key)
-                    sampler.add(prepared(key).x, t)
-                    holdout.add(prepared(key).x, h)
+                    sampler.add(source(key), t)
+                    holdout.add(source(key), h)
             for j, key in enumerate(keys):
                 if key not in seen:  # all strokes of that slice were erased
-                    none = np.full(prepared(key).shape, IGNORE, dtype=np.int64)
+                    none = np.full(layouts[key[0]].yx, IGNORE, dtype=np.int8)
                     sampler.set_targets(j, none)
                     holdout.set_targets(j, none)
             return "scribbles updated"
