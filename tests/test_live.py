@@ -338,3 +338,31 @@ def test_overlays_carry_a_convergence_signal(disk_image):
     for s in seen[1:]:
         assert 0.0 <= s.changed <= 1.0
         assert "changed" in s.describe()
+
+
+def test_views_of_many_sizes_reuse_a_few_input_shapes(disk_image):
+    """The CPU backend keeps compiled kernels per input shape: a session of
+    pans and zooms (every view a different size) must not feed it a new
+    shape each time, or memory grows with every new view."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 20, (700, 700)).astype(np.float32)
+    scribbles = np.zeros(image.shape, np.uint8)
+    scribbles[100:103, 50:300] = 1
+    scribbles[500:503, 50:300] = 2
+    seg = _segmenter()
+    seg.fit(image, scribbles, steps=2)
+    shapes = set()
+    hook = seg.predict_model.register_forward_pre_hook(
+        lambda module, args: shapes.add(tuple(args[0].shape))
+    )
+    predictor = SlicePredictor(seg, image)
+    predictor.run(final=True)
+    try:
+        for _ in range(60):
+            r0, c0 = rng.integers(0, 300, 2)
+            h, w = rng.integers(40, 400, 2)
+            delta = predictor.run(View((), (r0, r0 + h, c0, c0 + w)))
+            assert np.isfinite(delta.p_is).all()
+    finally:
+        hook.remove()
+    assert len(shapes) <= 8, sorted(shapes)

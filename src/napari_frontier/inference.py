@@ -22,6 +22,21 @@ def _round_up(v: int, m: int) -> int:
     return int(math.ceil(v / m) * m)
 
 
+#: Tile sides are multiples of this (twice this above 8 times it).
+TILE_GRID = 64
+
+
+def tile_side(v: int, multiple: int) -> int:
+    """``v`` rounded up to a tile side: a multiple of ``multiple`` on a coarse grid.
+
+    Few distinct tile sizes: the CPU backend (oneDNN) keeps compiled kernels
+    for every input shape it sees, hundreds of MiB over a live session whose
+    views all differ in size, unless the sizes repeat.
+    """
+    v = _round_up(max(multiple, v), multiple)
+    return _round_up(v, max(multiple, TILE_GRID if v <= 8 * TILE_GRID else 2 * TILE_GRID))
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: torch.nn.Module,
@@ -55,7 +70,7 @@ def predict_probabilities(
     m = cfg.multiple
     halo = _round_up(cfg.halo if halo is None else halo, m)
     _, h, w = x.shape
-    step = _round_up(max(m, min(tile, max(h, w))), m)
+    step = min(tile_side(min(tile, max(h, w)), m), _round_up(max(m, tile), m))
     ny, nx = math.ceil(h / step), math.ceil(w / step)
     hp, wp = ny * step, nx * step
     xp = np.pad(x, ((0, 0), (halo, halo + hp - h), (halo, halo + wp - w)), mode="reflect")

@@ -370,14 +370,14 @@ def predict_window(
     batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict the ``inner`` part of a window read by :func:`region_window`."""
-    from .inference import predict_probabilities
+    from .inference import predict_probabilities, tile_side
 
     p = normalise(cf, stats, nodata)
     # spread the window over whole tiles (it is a little larger than the region)
     m = model.config.multiple
     h, w = p.shape
     n = max(1, round(max(h, w) / tile))
-    tile = _round_up(-(-max(h, w) // n), m)
+    tile = tile_side(-(-max(h, w) // n), m)
     probs = predict_probabilities(model, p.x, device, tile=tile, halo=halo, batch_size=batch_size)
     probs = np.ascontiguousarray(probs[(slice(None), *inner)])
     valid = np.ascontiguousarray(p.valid[inner])
