@@ -40,6 +40,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="sample the main thread's stack during stalls > 50 ms; print where they are",
     )
+    ap.add_argument(
+        "--trace-numpy",
+        action="store_true",
+        help="trace numpy allocations; print what grew between the warm-up and the end",
+    )
     args = ap.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="frontier-soak-")
@@ -131,6 +136,20 @@ def main(argv=None) -> int:
         timers.append(t)
 
     stall_stacks = _start_stall_profiler(ticks) if args.stall_profile else None
+    snapshots = []
+    if args.trace_numpy:
+        import tracemalloc
+
+        tracemalloc.start(12)
+
+        def snap():
+            snapshots.append(
+                tracemalloc.take_snapshot().filter_traces(
+                    [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+                )
+            )
+
+        QTimer.singleShot(int(args.warmup * 1000), snap)
     sample_rss()
     click = time.perf_counter()
     widget.start()
@@ -141,6 +160,9 @@ def main(argv=None) -> int:
         for t in timers[2:]:
             t.stop()
         widget.stop()
+
+        if args.trace_numpy:
+            snap()
 
         def wait_stopped():
             if widget.is_training or widget.autosaver.writing:
@@ -197,6 +219,16 @@ def main(argv=None) -> int:
         f"{m}:{mem[min(np.searchsorted(times, m * 60), len(mem) - 1)]:.0f}" for m in marks
     )
     print(f"RSS (MiB) by minute: {trend}")
+    if len(snapshots) == 2:
+        first, last = snapshots
+        total = sum(t.size for t in last.traces) - sum(t.size for t in first.traces)
+        print(
+            f"numpy buffers alive: {total / 2**20:+.1f} MiB from the warm-up to the end; grew most:"
+        )
+        for d in last.compare_to(first, "traceback")[:6]:
+            frames = [f for f in d.traceback.format() if "File" in f][-4:]
+            where = " < ".join(f.split('"')[1].split("/")[-1] + f.split(",")[1] for f in frames)
+            print(f"  {d.size_diff / 2**20:+8.1f} MiB ({d.count_diff:+d} blocks)  {where}")
     print(
         f"event loop (10 ms heartbeat, {len(gaps)} ticks): longest stall {gaps.max() * 1000:.0f} ms "
         f"at t={tick_t[gaps.argmax()]:.0f} s; longest after warm-up {after.max() * 1000:.0f} ms; "

@@ -94,3 +94,28 @@ def test_strokes_and_pans_keep_numpy_memory_flat(trainer, qtbot):
     for role, data in arrays.items():
         assert L.find_layer(viewer, role, L.Image).data is data
     assert len(session.stroke_latencies) <= session.stroke_latencies.maxlen
+
+
+@pytest.mark.parametrize("saves", [4])
+def test_background_autosaves_keep_no_copy_of_the_scribbles(trainer, qtbot, tmp_path, saves):
+    """Each autosave copies the scribbles; only the last copy may stay (to skip
+    saving again when nothing changed), however many autosaves ran."""
+    viewer, widget = trainer
+    saver = widget.autosaver
+    saver.folder = tmp_path
+    saver.set_interval(0)
+    scribbles = viewer.layers["scribbles"]
+    copy_bytes = scribbles.data.nbytes
+    tracemalloc.start()
+    try:
+        for i in range(saves):
+            scribbles.data[i, :10] = 1  # something changed: a new file each time
+            saver.autosave(background=True)
+            qtbot.waitUntil(lambda n=i + 1: saver.count >= n and not saver.writing, timeout=TIMEOUT)
+            if i == 0:
+                first, _ = _numpy_bytes()
+        last, _ = _numpy_bytes()
+    finally:
+        tracemalloc.stop()
+    assert saver.count == saves
+    assert last - first < copy_bytes, (last - first, copy_bytes)

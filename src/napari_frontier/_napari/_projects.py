@@ -52,6 +52,18 @@ def _model_of(session):
     return seg if seg is not None and seg.model is not None else None
 
 
+class _Job:
+    """``func(*args, **kwargs)`` once, then nothing of them is kept."""
+
+    def __init__(self, func, args, kwargs):
+        self._call = (func, args, kwargs)
+
+    def run(self):
+        func, args, kwargs = self._call
+        self._call = None
+        return func(*args, **kwargs)
+
+
 class _Snapshot:
     """A model's checkpoint content taken on the main thread, written by a worker."""
 
@@ -98,6 +110,7 @@ class Autosaver:
         self._last: tuple | None = None
         self._warned = False
         self._writing = False
+        self._pending: tuple | None = None
         self._done = threading.Event()
         self._done.set()
         self.timer = QTimer()
@@ -156,16 +169,25 @@ class Autosaver:
             return self._written(result, done)
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_write, *args, **kwargs, _done=self._done, _start_thread=False)
-        worker.returned.connect(lambda result: self._written(result, done))
+        # The worker object may outlive the write (Qt keeps it), so it must not
+        # hold the copies: it gets a job that drops them once it has run.
+        job = _Job(_write, args, {**kwargs, "_done": self._done})
+        self._pending = done
+        worker = create_worker(job.run, _start_thread=False)
+        worker.returned.connect(self._written_in_background)
         worker.finished.connect(self._finished_writing)
         self._writing = True
         self._done.clear()
         worker.start()
         return None
 
+    def _written_in_background(self, result) -> None:
+        done, self._pending = self._pending, None
+        self._written(result, done)
+
     def _finished_writing(self) -> None:
         self._writing = False
+        self._pending = None
 
     @property
     def writing(self) -> bool:
