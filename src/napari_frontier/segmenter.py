@@ -268,14 +268,14 @@ class Segmenter:
         tc = self.train_config
         rng = np.random.default_rng(tc.seed)
         units = self._units(checked, layouts, prepared, rng)
-        for key in [u[0] for u in units]:
+        keys = [u[0] for u in units]
+        for key in keys:
             _check_not_constant(prepared(key))
         for lay in layouts:
             self._ensure_model(lay.n_channels)
         self._ensure_optimizer()
         if tc.threads:
             torch.set_num_threads(int(tc.threads))
-        keys = [u[0] for u in units]
         xs = [source(k) for k in keys]
         sampler = PatchSampler(xs, [u[1] for u in units], self.n_classes, tc.patch_size, rng)
         holdout = PatchSampler(xs, [u[2] for u in units], self.n_classes, tc.patch_size, rng)
