@@ -80,3 +80,32 @@ def test_prepare_shapes():
         prepare(np.full((4, 4), np.nan))
     with pytest.raises(ImageError):
         prepare(np.zeros((2, 3, 4, 5)))
+
+
+def test_patches_with_a_context_margin_score_only_their_centre():
+    """With ``margin``, a patch carries real image context around the scored
+    region and every target outside that region is void."""
+    from napari_frontier.labels import IGNORE
+    from napari_frontier.sampling import PatchSampler
+
+    rng = np.random.default_rng(0)
+    h, w = 120, 140
+    x = np.stack([np.arange(h * w, dtype=np.float32).reshape(h, w), np.ones((h, w), np.float32)])
+    t = np.zeros((h, w), np.int64)  # every pixel painted (class 0 or 1)
+    t[:, w // 2 :] = 1
+    p, m = 32, 16
+    s = PatchSampler([x], [t], 2, p, rng, margin=m)
+    xs, ts = s.sample(64, augment=False)
+    assert xs.shape == (64, 2, p + 2 * m, p + 2 * m) and ts.shape == xs[:, 0].shape
+    for xi, ti in zip(xs, ts, strict=True):
+        scored = ti != IGNORE
+        rows, cols = np.nonzero(scored)
+        # exactly one p x p window is scored, and it holds the image's own targets
+        assert scored.sum() == p * p
+        assert rows.max() - rows.min() + 1 == p and cols.max() - cols.min() + 1 == p
+        y0, x0 = divmod(int(xi[0, 0, 0]), w)  # the image value gives its position
+        assert np.array_equal(xi[0], x[0, y0 : y0 + p + 2 * m, x0 : x0 + p + 2 * m])
+        assert np.array_equal(ti[scored], t[y0 : y0 + p + 2 * m, x0 : x0 + p + 2 * m][scored])
+    # away from the image border the scored window sits in the middle
+    mid = [ti for ti in ts if (ti[m] != IGNORE).any() and (ti[m - 1] == IGNORE).all()]
+    assert mid, "no patch had context on all sides"

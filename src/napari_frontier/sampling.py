@@ -27,13 +27,27 @@ class PatchSampler:
     n_classes
         K.
     patch_size
-        Side of the square patches.
+        Side of the square region whose painted pixels a patch trains on.
     rng
         Source of randomness (seeded for reproducible runs).
+    margin
+        Pixels of image context around that region: patches are
+        ``patch_size + 2 * margin`` wide and their targets outside the
+        centre are void, so the loss only sees pixels whose surroundings
+        the network saw (as when it predicts), not the patch's zero padding.
     """
 
-    def __init__(self, images, targets, n_classes: int, patch_size: int, rng: np.random.Generator):
+    def __init__(
+        self,
+        images,
+        targets,
+        n_classes: int,
+        patch_size: int,
+        rng: np.random.Generator,
+        margin: int = 0,
+    ):
         self.n_classes = n_classes
+        self.margin = int(margin)
         # targets of every painted slice stay in memory: one byte per pixel
         self._tdtype = np.int8 if n_classes <= np.iinfo(np.int8).max else np.int16
         # Patches larger than the smallest image would be mostly padding,
@@ -53,7 +67,7 @@ class PatchSampler:
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         """Add an image and its targets, padded so any patch fits."""
-        p = self.patch_size
+        p = self.patch_size + 2 * self.margin
         t = np.asarray(t).astype(self._tdtype, copy=False)
         h, w = t.shape
         self._shapes.append((h, w))
@@ -115,11 +129,17 @@ class PatchSampler:
         )
 
     def sample(self, batch_size: int, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(x, t)``: ``(B, C + 1, P, P)`` float32 and ``(B, P, P)`` int64."""
+        """Return ``(x, t)``: ``(B, C + 1, S, S)`` float32 and ``(B, S, S)`` int64.
+
+        ``S = patch_size + 2 * margin``; targets beyond the centre
+        ``patch_size`` are void.
+        """
         p = self.patch_size
+        m = self.margin
+        s = p + 2 * m
         rng = self.rng
-        xs = np.empty((batch_size, self._images[0].shape[0], p, p), dtype=np.float32)
-        ts = np.empty((batch_size, p, p), dtype=np.int64)
+        xs = np.empty((batch_size, self._images[0].shape[0], s, s), dtype=np.float32)
+        ts = np.empty((batch_size, s, s), dtype=np.int64)
         present = [k for k in range(self.n_classes) if any(len(c[k]) for c in self._coords)]
         for b in range(batch_size):
             k = present[rng.integers(len(present))]
@@ -136,8 +156,17 @@ class PatchSampler:
             h, w = t_full.shape
             y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
             x0 = int(np.clip(cx - rng.integers(p // 8, p - p // 8), 0, w - p))
-            x = self._images[i][:, y0 : y0 + p, x0 : x0 + p]
-            t = t_full[y0 : y0 + p, x0 : x0 + p]
+            if m:
+                # the scored window (y0, x0, p) inside a patch of side s
+                # with as much real context around it as the image has
+                wy, wx = y0, x0
+                y0 = int(np.clip(wy - m, 0, h - s))
+                x0 = int(np.clip(wx - m, 0, w - s))
+                t = np.full((s, s), IGNORE, dtype=np.int64)
+                t[wy - y0 : wy - y0 + p, wx - x0 : wx - x0 + p] = t_full[wy : wy + p, wx : wx + p]
+            else:
+                t = t_full[y0 : y0 + s, x0 : x0 + s]
+            x = self._images[i][:, y0 : y0 + s, x0 : x0 + s]
             if augment:
                 x, t = _augment(x, t, rng)
             xs[b] = x

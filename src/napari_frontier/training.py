@@ -33,6 +33,10 @@ class TrainConfig:
 
     patch_size: int = 96
     batch_size: int = 4
+    #: Pixels of image context added around each training patch, with the
+    #: loss on the centre ``patch_size`` only (0 = the loss covers the
+    #: whole patch, whose border pixels see zero padding as context).
+    context_margin: int = 0
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     class_balance: bool = True
