@@ -4,11 +4,14 @@ Prints the median of several runs, with the ratio against a 1-thread
 baseline measured in the same process.
 
     python benchmarks/engine.py --threads 1 2 --repeats 3
+    python benchmarks/engine.py --threads 2 --model '{"pixel_features": "all"}'
+        # an architecture option against the defaults, interleaved in one process
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -23,20 +26,24 @@ from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig
 
 
-def steps_per_second(threads: int, seconds: float, device: str) -> float:
+def steps_per_second(threads: int, seconds: float, device: str, model: dict | None = None) -> float:
     torch.set_num_threads(threads)
     s = load_sample("nuclei")
-    seg = Segmenter(train_config=TrainConfig(seed=0, threads=threads, device=device))
+    seg = Segmenter(
+        train_config=TrainConfig(seed=0, threads=threads, device=device), model_config=model
+    )
     seg.fit(s["image"], s["scribbles"], steps=3)  # warm-up
     last = seg.fit(s["image"], s["scribbles"], seconds=seconds)
     return last.steps_per_second
 
 
-def inference_mp_per_s(threads: int, size: int, device: str, tile: int) -> float:
+def inference_mp_per_s(
+    threads: int, size: int, device: str, tile: int, model: dict | None = None
+) -> float:
     """Megapixels/s of probabilities for a ``size`` x ``size`` image (model already warm)."""
     torch.set_num_threads(threads)
     s = load_sample("nuclei")
-    seg = Segmenter(train_config=TrainConfig(seed=0, device=device))
+    seg = Segmenter(train_config=TrainConfig(seed=0, device=device), model_config=model)
     seg.fit(s["image"], s["scribbles"], steps=2)
     image = np.tile(s["image"], (size // 512 + 1, size // 512 + 1))[:size, :size]
     x = prepare(image).x
@@ -90,12 +97,21 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="side of the inference test image")
     p.add_argument("--tile", type=int, default=1024)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--model",
+        type=json.loads,
+        default=None,
+        help="ModelConfig overrides (JSON): measured against the defaults, runs interleaved",
+    )
     args = p.parse_args()
     print(
         f"# {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, load {os.getloadavg()[0]:.2f}"
     )
     work = step_gflop()
     print(f"one training step: {work:.2f} GFLOP (forward + backward, convolutions and products)")
+    if args.model:
+        compare(args)
+        return
     base_sps = base_inf = None
     for t in args.threads:
         sps = statistics.median(
@@ -113,6 +129,26 @@ def main() -> None:
             f"of convolutions = {100 * used / peak:.0f}% of the measured matmul peak "
             f"({peak:.0f} GFLOP/s); inference {inf:.2f} MP/s = {1 / inf:.2f} s/MP "
             f"(x{inf / base_inf:.2f}) on {args.size}x{args.size}"
+        )
+
+
+def compare(args) -> None:
+    """Defaults against ``args.model``, alternating run by run so load drifts hit both."""
+    for t in args.threads:
+        runs = {"defaults": ([], []), "option": ([], [])}
+        for _ in range(args.repeats):
+            for name, model in (("defaults", None), ("option", args.model)):
+                runs[name][0].append(steps_per_second(t, args.seconds, args.device, model))
+                runs[name][1].append(
+                    inference_mp_per_s(t, args.size, args.device, args.tile, model)
+                )
+        sps0, inf0 = (statistics.median(v) for v in runs["defaults"])
+        sps1, inf1 = (statistics.median(v) for v in runs["option"])
+        print(
+            f"threads={t}: defaults {sps0:.1f} steps/s, inference {inf0:.2f} MP/s; "
+            f"{json.dumps(args.model)} {sps1:.1f} steps/s (x{sps1 / sps0:.2f}), "
+            f"inference {inf1:.2f} MP/s (x{inf1 / inf0:.2f}) on {args.size}x{args.size}; "
+            f"median of {args.repeats}"
         )
 
 

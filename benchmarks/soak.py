@@ -36,6 +36,14 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=0, help="tile the sample to SIZE x SIZE")
     ap.add_argument("--stack", type=int, default=0, help="a stack of STACK shifted samples")
     ap.add_argument(
+        "--erase",
+        choices=("brush", "assign"),
+        default="brush",
+        help="erase with the eraser brush along an earlier stroke (what a person does; the "
+        "default) or by assigning the original scribbles to the layer's data (a script or an "
+        "undo of many strokes: whole-array diff after the debounce; the protocol before 2026-12-02)",
+    )
+    ap.add_argument(
         "--stall-profile",
         action="store_true",
         help="sample the main thread's stack during stalls > 50 ms; print where they are",
@@ -99,20 +107,32 @@ def main(argv=None) -> int:
     def sample_rss():
         rss.append((time.perf_counter() - t0, proc.memory_info().rss / 2**20))
 
+    live: list[tuple] = []  # strokes painted and not erased yet, oldest first
+
+    def drag(start: tuple, label: int) -> None:
+        # One stroke: 20 brush dabs along 40 px, as a mouse drag paints them.
+        scribbles.brush_size = 5
+        *lead, y, x = start
+        for dx in range(0, 40, 2):
+            scribbles.paint((*lead, y, x + dx), label, refresh=False)
+        scribbles.refresh()
+
     def stroke():
-        # Paint a short stroke near the existing ones, or erase back to the
-        # original scribbles so the painted area stays bounded.
-        if rng.random() < 0.25:
-            scribbles.data = original.copy()
+        # Paint a short stroke, or (one time in four, and whenever ten are
+        # live) erase one so the painted area stays bounded.
+        if live and (rng.random() < 0.25 or len(live) >= 10):
+            if args.erase == "assign":
+                scribbles.data = original.copy()
+                live.clear()
+            else:
+                drag(live.pop(0), 0)  # the eraser: label 0 along the oldest stroke
             strokes["erased"] += 1
             return
         label = int(rng.integers(1, 3))
         y, x = int(rng.integers(20, h - 20)), int(rng.integers(20, w - 60))
-        scribbles.brush_size = 5
         lead = tuple(int(v) for v in viewer.dims.current_step[: original.ndim - 2])
-        for dx in range(0, 40, 2):
-            scribbles.paint((*lead, y, x + dx), label, refresh=False)
-        scribbles.refresh()
+        drag((*lead, y, x), label)
+        live.append((*lead, y, x))
         strokes["painted"] += 1
 
     def camera():
@@ -195,7 +215,7 @@ def main(argv=None) -> int:
     print(
         f"soak: {args.minutes:g} min of live training in napari ({what} nuclei sample, default model)"
     )
-    print(f"image {original.shape}; Train click {click * 1000:.0f} ms")
+    print(f"image {original.shape}; erasing by {args.erase}; Train click {click * 1000:.0f} ms")
     print(f"load average at the end: {os.getloadavg()}; cpu count {os.cpu_count()}")
     print(
         f"training steps: {session.history[-1].step if session.history else 0}; "

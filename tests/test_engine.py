@@ -28,6 +28,7 @@ def test_no_void_output_channel_and_valid_output_shape():
     [
         dict(width=8, depth=2, context_stride=1),
         dict(width=8),  # the default layout: pyramid filters, U-Net on a coarser grid
+        dict(width=8, pixel_features="all"),
     ],
 )
 def test_tiled_prediction_equals_untiled(shape, arch):
@@ -166,3 +167,26 @@ def test_uncertainty_and_frontier(disk_image):
     radius = np.hypot(longest[:, 0] - 48, longest[:, 1] - 44)
     assert abs(np.median(radius) - 22) < 4
     assert pred.frontier_raster.dtype == bool and pred.frontier_raster.any()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_stem_on_all_scales_equals_the_product_on_upsampled_features(training):
+    """pixel_features="all": the stem sees every scale as a forest does, computed cheaply."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(in_channels=2, width=8, pixel_features="all"))
+    net.train(training)
+    x = torch.rand(2, 3, 32, 48)
+    groups = net.filters.groups(x[:, :-1])
+    assert len(groups) > 1  # coarse levels exist, so the path under test runs
+    full = [groups[0][1], x[:, -1:]] + [
+        F.interpolate(t, scale_factor=f, mode="bilinear", align_corners=False)
+        for f, t in groups[1:]
+    ]
+    expected = net.stem[1](net.stem[0](torch.cat(full, dim=1)))
+    from napari_frontier.model import _pointwise_pyramid
+
+    got = _pointwise_pyramid(groups, x[:, -1:], net.stem[0], net.stem[1])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert net.stem[0].in_channels == sum(t.shape[1] for _, t in groups) + 1

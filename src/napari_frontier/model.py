@@ -51,6 +51,12 @@ class ModelConfig:
     # (context features upsampled and concatenated with the stem, then a
     # per-pixel hidden layer: context changes how local appearance is read).
     fuse: str = "add"
+    # Features the per-pixel stem reads: "fine" (the image and the scales
+    # computed at full resolution) or "all" (every scale of the filter bank,
+    # the coarse ones brought to full resolution, as a random forest sees
+    # them; done as a 1x1 product at each pyramid level and one upsampling
+    # of its ``width`` outputs, which equals the product on upsampled features).
+    pixel_features: str = "fine"
 
     def __post_init__(self):
         s = self.context_stride
@@ -58,6 +64,10 @@ class ModelConfig:
             raise ValueError(f"context_stride must be a power of two, got {s}")
         if self.fuse not in ("add", "mlp"):
             raise ValueError(f"fuse must be 'add' or 'mlp', got {self.fuse!r}")
+        if self.pixel_features not in ("fine", "all"):
+            raise ValueError(
+                f"pixel_features must be 'fine' or 'all', got {self.pixel_features!r}"
+            )
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -75,6 +85,7 @@ class ModelConfig:
         d.setdefault("context_stride", 1)
         d.setdefault("norm", "batch")
         d.setdefault("fuse", "add")
+        d.setdefault("pixel_features", "fine")
         if "sigmas" in d:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)
@@ -209,6 +220,25 @@ def _pointwise(
     routine (which reorders the data first), and the inputs need not be
     concatenated. In eval mode the BatchNorm is folded into the weights.
     """
+    w, b, bn = _folded(conv, bn)
+    n, _, h, wd = xs[0].shape
+    out = None
+    c0 = 0
+    for x in xs:
+        c = x.shape[1]
+        y = _product(w[:, c0 : c0 + c], x)
+        out = y if out is None else out.add_(y)
+        c0 += c
+    if c0 != w.shape[1]:
+        raise ValueError(f"expected {w.shape[1]} input channels, got {c0}")
+    if b is not None:
+        out = out.add_(b.to(out.dtype)[:, None])
+    out = out.view(n, -1, h, wd)
+    return out if bn is None else bn(out)
+
+
+def _folded(conv: nn.Conv2d, bn: nn.Module | None):
+    """``(weight matrix, bias, BatchNorm left to apply)``, eval-mode BatchNorm folded in."""
     w = conv.weight.flatten(1)
     b = conv.bias
     if isinstance(bn, nn.Identity):
@@ -219,22 +249,41 @@ def _pointwise(
         w = w * scale[:, None]
         b = shift if b is None else shift + b * scale
         bn = None
-    n, _, h, wd = xs[0].shape
-    out = None
-    c0 = 0
-    for x in xs:
-        c = x.shape[1]
-        wi = w[:, c0 : c0 + c].to(x.dtype)
-        # bmm with the weight on the left: matmul would fold the batch into
-        # one tall product with a 2-column output, which BLAS runs slowly.
-        y = torch.bmm(wi.expand(n, -1, -1), x.reshape(n, c, h * wd))
-        out = y if out is None else out.add_(y)
+    return w, b, bn
+
+
+def _product(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w @ x`` over the channels of ``x`` (N, C, H, W), as ``(N, out, H * W)``."""
+    n, c, h, wd = x.shape
+    # bmm with the weight on the left: matmul would fold the batch into
+    # one tall product with a 2-column output, which BLAS runs slowly.
+    return torch.bmm(w.to(x.dtype).expand(n, -1, -1), x.reshape(n, c, h * wd))
+
+
+def _pointwise_pyramid(
+    groups: list[tuple[int, torch.Tensor]], validity: torch.Tensor, conv: nn.Conv2d, bn
+) -> torch.Tensor:
+    """The stem's 1x1 convolution (then BatchNorm) on every pyramid level at full resolution.
+
+    Input channels in order: the full-resolution group, validity, then each
+    coarser group. A 1x1 product commutes with bilinear upsampling, so each
+    coarse level is multiplied at its own resolution and only the ``out``
+    channels are upsampled: the same result as the product on upsampled
+    features, at a fraction of the cost.
+    """
+    w, b, bn = _folded(conv, bn)
+    fine = torch.cat([groups[0][1], validity], dim=1)
+    n, c0, h, wd = fine.shape
+    out = _product(w[:, :c0], fine).view(n, -1, h, wd)
+    for f, t in groups[1:]:
+        c = t.shape[1]
+        y = _product(w[:, c0 : c0 + c], t).view(n, -1, *t.shape[-2:])
+        out = out.add_(F.interpolate(y, scale_factor=f, mode="bilinear", align_corners=False))
         c0 += c
     if c0 != w.shape[1]:
         raise ValueError(f"expected {w.shape[1]} input channels, got {c0}")
     if b is not None:
-        out = out.add_(b.to(out.dtype)[:, None])
-    out = out.view(n, -1, h, wd)
+        out = out.add_(b.to(out.dtype)[:, None, None])
     return out if bn is None else bn(out)
 
 
@@ -282,8 +331,9 @@ class FrontierNet(nn.Module):
         # even for "group" (whose per-patch statistics would differ between
         # a training patch and a prediction tile at full resolution).
         stem_norm = "batch" if config.norm == "group" else config.norm
+        n_stem = n_fine + 1 + (n_coarse if config.pixel_features == "all" else 0)
         self.stem = nn.Sequential(
-            nn.Conv2d(n_fine + 1, config.width, 1, bias=stem_norm == "none"),
+            nn.Conv2d(n_stem, config.width, 1, bias=stem_norm == "none"),
             _norm(stem_norm, config.width),
             nn.ReLU(inplace=True),
         )
@@ -320,9 +370,13 @@ class FrontierNet(nn.Module):
         image, validity = x[:, :-1], x[:, -1:]
         groups = [(1, image)] if self.filters is None else self.filters.groups(image)
         s = self.config.context_stride
-        stem = torch.relu_(
-            _pointwise([torch.cat([groups[0][1], validity], dim=1)], self.stem[0], self.stem[1])
-        )
+        if self.config.pixel_features == "all" and len(groups) > 1:
+            stem = _pointwise_pyramid(groups, validity, self.stem[0], self.stem[1])
+        else:
+            stem = _pointwise(
+                [torch.cat([groups[0][1], validity], dim=1)], self.stem[0], self.stem[1]
+            )
+        stem = torch.relu_(stem)
         h = stem
         if s > 1:
             h = torch.cat(
