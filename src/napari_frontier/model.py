@@ -65,9 +65,7 @@ class ModelConfig:
         if self.fuse not in ("add", "mlp"):
             raise ValueError(f"fuse must be 'add' or 'mlp', got {self.fuse!r}")
         if self.pixel_features not in ("fine", "all"):
-            raise ValueError(
-                f"pixel_features must be 'fine' or 'all', got {self.pixel_features!r}"
-            )
+            raise ValueError(f"pixel_features must be 'fine' or 'all', got {self.pixel_features!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
