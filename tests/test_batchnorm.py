@@ -80,3 +80,62 @@ def test_weight_average_predicts_with_its_own_recalibrated_statistics(disk_image
     saved = seg.state_dict()["state_dict"]
     for k, v in average.state_dict().items():
         torch.testing.assert_close(saved[k], v.cpu())
+
+
+def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
+    disk_image, monkeypatch
+):
+    """Updates without a prediction cost no recalibration; a prediction gets fresh statistics."""
+    import napari_frontier.training as training
+
+    image, scribbles, _ = disk_image
+    calls = []
+    real = training.recalibrate_batchnorm
+
+    def counted(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, "recalibrate_batchnorm", counted)
+    # updates after every step (update_interval=0): many updates, nothing predicts
+    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0)
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    gen = seg.training(image, scribbles, steps=30)
+    updates = [next(gen) for _ in range(20)]
+    assert [u.step for u in updates] == list(range(1, 21))
+    assert calls == []  # twenty updates, no prediction: no recalibration yet
+    # a prediction at this update recomputes the statistics once, for these weights
+    average = seg.predict_model
+    assert calls == [average]
+    got = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
+    assert seg.predict_model is average and len(calls) == 1  # not again at the same update
+    p = prepare(image)
+    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
+    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 4, 4, seed=20)
+    for k, v in average.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, got[k])
+    # a checkpoint written now holds these statistics
+    saved = seg.state_dict()["state_dict"]
+    for k, v in got.items():
+        torch.testing.assert_close(saved[k], v)
+    gen.close()
+
+
+def test_stopping_at_an_update_leaves_recalibrated_statistics(disk_image):
+    """A run closed mid-way (Stop, Ctrl-C) predicts with statistics of its final weights."""
+    image, scribbles, _ = disk_image
+    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0)
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    gen = seg.training(image, scribbles, steps=50)
+    for _ in range(12):
+        next(gen)
+    gen.close()
+    average = seg.predict_model
+    got = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
+    p = prepare(image)
+    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
+    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 4, 4, seed=12)
+    for k, v in average.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, got[k])

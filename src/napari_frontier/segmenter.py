@@ -190,7 +190,13 @@ class Segmenter:
 
     @property
     def predict_model(self) -> torch.nn.Module | None:
-        """The network that predicts: the weight average while training, else the model."""
+        """The network that predicts: the weight average while training, else the model.
+
+        Called from the training thread between updates, it first brings the
+        BatchNorm statistics up to date with the current weights.
+        """
+        if self._state is not None:
+            self._state.calibrate()
         return self._ema.module if self._ema is not None else self.model
 
     def reset(self) -> None:
@@ -379,6 +385,9 @@ class Segmenter:
             return stop.value
         finally:
             self.step = state.step
+            # Stopped at an update (closed): the weights that predict from
+            # now on get the statistics of their weights.
+            state.calibrate()
             self._state = None
             gen.close()
 

@@ -1,0 +1,51 @@
+"""Training steps per second with updates every 0.1 s / 0.25 s, and without recalibration.
+
+BatchNorm statistics of the predicting weights are recomputed only when
+something predicts; an update alone should then cost (almost) nothing. Fits
+the nuclei sample for SECONDS per setting on one torch thread, runs
+interleaved, and prints the median of REPEATS.
+
+    PYTHONPATH=src python benchmarks/recalibration_cost.py --seconds 8 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from napari_frontier.samples import load_sample
+from napari_frontier.segmenter import Segmenter
+from napari_frontier.training import TrainConfig
+
+SETTINGS = {
+    "updates every 0.1 s (the plugin)": dict(update_interval=0.1),
+    "updates every 0.25 s (API, CLI)": dict(update_interval=0.25),
+    "updates every 0.1 s, no recalibration": dict(update_interval=0.1, bn_recalibration=0),
+    "one update at the end": dict(update_interval=1e9),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    s = load_sample("nuclei")
+    res: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, kw in SETTINGS.items():
+            seg = Segmenter(train_config=TrainConfig(seed=0, threads=1, **kw))
+            seg.fit(s["image"], s["scribbles"], steps=3)
+            last = seg.fit(s["image"], s["scribbles"], seconds=args.seconds)
+            res.setdefault(name, []).append(last.steps_per_second)
+    base = statistics.median(res["one update at the end"])
+    for name, v in res.items():
+        m = statistics.median(v)
+        print(f"{name}: {m:.1f} steps/s (x{m / base:.2f} of one update at the end)")
+
+
+if __name__ == "__main__":
+    main()
