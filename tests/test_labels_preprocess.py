@@ -109,3 +109,34 @@ def test_patches_with_a_context_margin_score_only_their_centre():
     # away from the image border the scored window sits in the middle
     mid = [ti for ti in ts if (ti[m] != IGNORE).any() and (ti[m - 1] == IGNORE).all()]
     assert mid, "no patch had context on all sides"
+
+
+def test_scale_augmentation_resizes_image_and_targets_together():
+    """Scaled patches keep labels on the pixels they belong to, at the patch size."""
+    import numpy as np
+
+    from napari_frontier.labels import IGNORE
+    from napari_frontier.sampling import PatchSampler
+
+    h = w = 200
+    yy, xx = np.mgrid[:h, :w]
+    inside = (yy - 100) ** 2 + (xx - 100) ** 2 < 40**2
+    x = np.stack([inside.astype(np.float32), np.ones((h, w), np.float32)])
+    t = np.full((h, w), IGNORE, np.int64)
+    t[inside] = 0  # "is": the whole disk
+    t[~inside & ((yy < 30) | (xx < 30))] = 1  # "is not": a band far from it
+    s = PatchSampler([x], [t], 2, 48, np.random.default_rng(0), scale=1.0)
+    xs, ts = s.sample(64)
+    assert xs.shape == (64, 2, 48, 48) and ts.shape == (64, 48, 48)
+    # each label sits on the image value it was painted on, whatever the scale
+    assert (xs[:, 0][ts == 0] > 0.5).mean() > 0.97
+    assert (xs[:, 0][ts == 1] < 0.5).mean() > 0.97
+    # a window twice the patch side shows the disk at half its radius (a quarter the area)
+    from napari_frontier.sampling import _resized
+
+    xr, tr = _resized(x[:, 20:180, 20:180], t[20:180, 20:180], 80)
+    assert xr.shape == (2, 80, 80) and tr.shape == (80, 80)
+    assert abs((xr[0] > 0.5).sum() / inside.sum() - 0.25) < 0.02
+    assert abs((tr == 0).sum() / inside.sum() - 0.25) < 0.02
+    with pytest.raises(ValueError, match="scale"):
+        PatchSampler([x], [t], 2, 48, np.random.default_rng(0), margin=8, scale=0.5)

@@ -35,6 +35,11 @@ class PatchSampler:
         ``patch_size + 2 * margin`` wide and their targets outside the
         centre are void, so the loss only sees pixels whose surroundings
         the network saw (as when it predicts), not the patch's zero padding.
+    scale
+        Scale augmentation (with ``margin == 0`` only): a patch is cut
+        ``2 ** u`` times its side (u uniform in ``[-scale, scale]``, at most
+        the image) and resized to the patch side, bilinear for the image
+        and nearest for targets, so objects are seen at other sizes.
     """
 
     def __init__(
@@ -45,9 +50,13 @@ class PatchSampler:
         patch_size: int,
         rng: np.random.Generator,
         margin: int = 0,
+        scale: float = 0.0,
     ):
         self.n_classes = n_classes
         self.margin = int(margin)
+        if scale < 0 or (scale and margin):
+            raise ValueError("scale augmentation needs scale >= 0 and no context margin")
+        self.scale = float(scale)
         # targets of every painted slice stay in memory: one byte per pixel
         self._tdtype = np.int8 if n_classes <= np.iinfo(np.int8).max else np.int16
         # Patches larger than the smallest image would be mostly padding,
@@ -154,6 +163,18 @@ class PatchSampler:
             cy, cx = self._coords[i][k][rng.integers(len(self._coords[i][k]))]
             t_full = self._targets[i]
             h, w = t_full.shape
+            if augment and self.scale:
+                side = round(p * 2 ** rng.uniform(-self.scale, self.scale))
+                side = max(8, min(side, h, w))
+                y0 = int(np.clip(cy - rng.integers(side // 8, side - side // 8), 0, h - side))
+                x0 = int(np.clip(cx - rng.integers(side // 8, side - side // 8), 0, w - side))
+                x, t = _resized(
+                    self._images[i][:, y0 : y0 + side, x0 : x0 + side],
+                    t_full[y0 : y0 + side, x0 : x0 + side],
+                    p,
+                )
+                xs[b], ts[b] = _augment(x, t, rng)
+                continue
             y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
             x0 = int(np.clip(cx - rng.integers(p // 8, p - p // 8), 0, w - p))
             if m:
@@ -172,6 +193,25 @@ class PatchSampler:
             xs[b] = x
             ts[b] = t
         return xs, ts
+
+
+def _resized(x: np.ndarray, t: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A square window resized to ``size``: image bilinear (antialiased), targets nearest."""
+    side = t.shape[0]
+    if side == size:
+        return np.asarray(x, dtype=np.float32), t
+    import torch
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
+    xr = F.interpolate(
+        xt, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
+    )[0].numpy()
+    xr[-1] = xr[-1] > 0.999  # validity stays a mask: valid only where fully valid
+    idx = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.intp), side - 1)
+    tr = np.asarray(t)[np.ix_(idx, idx)]
+    tr[xr[-1] == 0] = IGNORE  # no target where the resized input is not valid
+    return xr, tr
 
 
 def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator):

@@ -284,10 +284,22 @@ class Segmenter:
             torch.set_num_threads(int(tc.threads))
         xs = [source(k) for k in keys]
         sampler = PatchSampler(
-            xs, [u[1] for u in units], self.n_classes, tc.patch_size, rng, tc.context_margin
+            xs,
+            [u[1] for u in units],
+            self.n_classes,
+            tc.patch_size,
+            rng,
+            tc.context_margin,
+            scale=tc.scale_augment,
         )
         holdout = PatchSampler(
-            xs, [u[2] for u in units], self.n_classes, tc.patch_size, rng, tc.context_margin
+            xs,
+            [u[2] for u in units],
+            self.n_classes,
+            tc.patch_size,
+            rng,
+            tc.context_margin,
+            scale=tc.scale_augment,
         )
         del units, checked, xs  # the samplers keep compact copies of what they need
         state = TrainState(self.model, self.optimizer, self.device, self.step)

@@ -38,6 +38,10 @@ class TrainConfig:
     #: loss on the centre ``patch_size`` only (0 = the loss covers the
     #: whole patch, whose border pixels see zero padding as context).
     context_margin: int = 0
+    #: Scale augmentation: each patch is cut ``2 ** u`` times its side, u
+    #: uniform in [-scale_augment, scale_augment], and resized to the patch
+    #: (bilinear image, nearest targets); 0 = off. Only without a context margin.
+    scale_augment: float = 0.0
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     class_balance: bool = True
