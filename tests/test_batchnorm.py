@@ -50,7 +50,7 @@ def test_trained_model_predicts_with_recalibrated_statistics(disk_image):
     after = {k: v.clone() for k, v in seg.model.state_dict().items() if "running" in k}
     p = prepare(image)
     sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(seg.model, sampler, torch.device("cpu"), 4, 4, seed=seg.step)
+    recalibrate_batchnorm(seg.model, sampler, torch.device("cpu"), 32, 4, seed=12345)
     # training ended with exactly this recalibration (same patches, same weights)
     for k, v in seg.model.state_dict().items():
         if "running" in k:
@@ -68,7 +68,7 @@ def test_weight_average_predicts_with_its_own_recalibrated_statistics(disk_image
     after = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
     p = prepare(image)
     sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 4, 4, seed=seg.step)
+    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 32, 4, seed=12345)
     for k, v in average.state_dict().items():
         if "running" in k:
             torch.testing.assert_close(v, after[k])
@@ -111,7 +111,7 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
     assert seg.predict_model is average and len(calls) == 1  # not again at the same update
     p = prepare(image)
     sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 4, 4, seed=20)
+    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 16, 4, seed=12345)
     for k, v in average.state_dict().items():
         if "running" in k:
             torch.testing.assert_close(v, got[k])
@@ -135,7 +135,35 @@ def test_stopping_at_an_update_leaves_recalibrated_statistics(disk_image):
     got = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
     p = prepare(image)
     sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 4, 4, seed=12)
+    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 32, 4, seed=12345)
     for k, v in average.state_dict().items():
         if "running" in k:
             torch.testing.assert_close(v, got[k])
+
+
+def test_statistics_move_only_with_the_weights(disk_image):
+    """Recomputed twice for the same weights, the statistics are the same (same patches)."""
+    image, scribbles, _ = disk_image
+    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0)
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    gen = seg.training(image, scribbles, steps=50)
+    for _ in range(10):
+        next(gen)
+    first = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    seg._state.pending_calibration = seg._state._final_calibration  # as at the next update
+    again = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    for k in first:
+        torch.testing.assert_close(first[k], again[k])
+    gen.close()
+    # with new patches each time (the former rule) they differ
+    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0,
+                     bn_recalibration_seed=None)  # fmt: skip
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    gen = seg.training(image, scribbles, steps=50)
+    for _ in range(10):
+        next(gen)
+    first = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    next(gen)  # one more step: new patches, and (slightly) new weights
+    again = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    assert any(not torch.equal(first[k], again[k]) for k in first)
+    gen.close()

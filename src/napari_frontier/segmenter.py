@@ -398,8 +398,8 @@ class Segmenter:
         finally:
             self.step = state.step
             # Stopped at an update (closed): the weights that predict from
-            # now on get the statistics of their weights.
-            state.calibrate()
+            # now on get the statistics of their weights, as at a normal end.
+            state.calibrate(final=True)
             self._state = None
             gen.close()
 

@@ -43,8 +43,10 @@ MAX_HISTORY = 10_000
 MAX_LATENCIES = 1000
 #: Training settings of the plugin: one torch thread (steadier beside Qt than
 #: two on small machines) and updates every 0.1 s, so that a new stroke reaches
-#: the samplers, and its overlay the screen, that much sooner.
-GUI_TRAIN_CONFIG = TrainConfig(threads=1, update_interval=0.1)
+#: the samplers, and its overlay the screen, that much sooner; BatchNorm
+#: statistics for each live overlay over 4 batches (a quarter of the API's
+#: 16, so previews stay cheap; the weights kept at the end get 32).
+GUI_TRAIN_CONFIG = TrainConfig(threads=1, update_interval=0.1, bn_recalibration=4)
 #: After training, moving to another slice of a stack predicts it this soon
 #: after the slider stops.
 SLICE_PREVIEW_MS = 150
