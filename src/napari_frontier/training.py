@@ -74,8 +74,8 @@ class TrainConfig:
     bn_momentum: float = 0.1
     #: Before the weights that predict are used (a prediction, a held-out
     #: score, a checkpoint of a run that predicted), BatchNorm statistics are
-    #: recomputed with the current weights over this many fresh batches (0 =
-    #: keep the running averages of the training batches); updates that
+    #: recomputed with the current weights over this many batches of training
+    #: patches (0 = keep the running averages of the training batches); updates that
     #: nothing predicts from skip it. Measured: running averages turned a
     #: model scoring 0.86 IoU into one predicting a single class (0.002).
     bn_recalibration: int = 16
