@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import time
 from collections.abc import Callable, Generator, Sequence
 
@@ -37,6 +38,8 @@ from .nd import (
 from .preprocess import DEFAULT_PERCENTILES, Prepared, prepare
 from .sampling import PatchSampler
 from .training import TrainConfig, TrainState, TrainUpdate, train_steps
+
+log = logging.getLogger(__name__)
 
 #: Normalised slices of an in-memory stack kept while training (the rest are
 #: normalised again when painted: patches are read on demand).
@@ -395,11 +398,18 @@ class Segmenter:
         except StopIteration as stop:
             self.step = state.step
             return stop.value
-        finally:
-            self.step = state.step
+        except GeneratorExit:
             # Stopped at an update (closed): the weights that predict from
             # now on get the statistics of their weights, as at a normal end.
-            state.calibrate(final=True)
+            # (After a failed step nothing is recomputed: the last good
+            # weights are kept exactly as they were.)
+            try:
+                state.calibrate(final=True)
+            except Exception as exc:  # a stop must not fail: keep the statistics as they are
+                log.warning("BatchNorm statistics not recomputed at stop: %s", _first_line(exc))
+            raise
+        finally:
+            self.step = state.step
             self._state = None
             gen.close()
 
