@@ -11,10 +11,26 @@ from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig, recalibrate_batchnorm
 
 
-def _sampler(disk_image, seed=0):
+def _sampler(disk_image, seed=0, patch=32):
     image, scribbles, _ = disk_image
     p = prepare(image)
-    return PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 32, np.random.default_rng(seed))
+    return PatchSampler(
+        [p.x], [to_targets(scribbles, p.valid)], 2, patch, np.random.default_rng(seed)
+    )
+
+
+def _statistics(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+def _assert_recomputed(model, disk_image, batches: int) -> dict:
+    """``model``'s BatchNorm statistics equal a recomputation over training's fixed patches."""
+    got = _statistics(model)
+    sampler = _sampler(disk_image, patch=96)  # TrainConfig's patch size
+    recalibrate_batchnorm(model, sampler, torch.device("cpu"), batches, 4, seed=12345)
+    for k, v in _statistics(model).items():
+        torch.testing.assert_close(v, got[k])
+    return got
 
 
 def test_recalibration_gives_the_statistics_of_the_current_weights(disk_image):
@@ -47,14 +63,8 @@ def test_trained_model_predicts_with_recalibrated_statistics(disk_image):
     tc = TrainConfig(seed=0, threads=1, device="cpu")
     seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
     seg.fit(image, scribbles, steps=40)
-    after = {k: v.clone() for k, v in seg.model.state_dict().items() if "running" in k}
-    p = prepare(image)
-    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(seg.model, sampler, torch.device("cpu"), 32, 4, seed=12345)
     # training ended with exactly this recalibration (same patches, same weights)
-    for k, v in seg.model.state_dict().items():
-        if "running" in k:
-            torch.testing.assert_close(v, after[k])
+    _assert_recomputed(seg.model, disk_image, 32)
 
 
 def test_weight_average_predicts_with_its_own_recalibrated_statistics(disk_image):
@@ -65,13 +75,7 @@ def test_weight_average_predicts_with_its_own_recalibrated_statistics(disk_image
     seg.fit(image, scribbles, steps=40)
     average = seg.predict_model
     assert average is not seg.model and not average.training  # it predicts, in eval mode
-    after = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
-    p = prepare(image)
-    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 32, 4, seed=12345)
-    for k, v in average.state_dict().items():
-        if "running" in k:
-            torch.testing.assert_close(v, after[k])
+    _assert_recomputed(average, disk_image, 32)
     assert not average.training
     # the averaged weights differ from the raw ones, so their statistics do too
     raw = seg.model.state_dict()
@@ -107,14 +111,8 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
     # a prediction at this update recomputes the statistics once, for these weights
     average = seg.predict_model
     assert calls == [average]
-    got = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
     assert seg.predict_model is average and len(calls) == 1  # not again at the same update
-    p = prepare(image)
-    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 16, 4, seed=12345)
-    for k, v in average.state_dict().items():
-        if "running" in k:
-            torch.testing.assert_close(v, got[k])
+    got = _assert_recomputed(average, disk_image, 16)
     # a checkpoint written now holds these statistics
     saved = seg.state_dict()["state_dict"]
     for k, v in got.items():
@@ -132,13 +130,7 @@ def test_stopping_at_an_update_leaves_recalibrated_statistics(disk_image):
         next(gen)
     gen.close()
     average = seg.predict_model
-    got = {k: v.clone() for k, v in average.state_dict().items() if "running" in k}
-    p = prepare(image)
-    sampler = PatchSampler([p.x], [to_targets(scribbles, p.valid)], 2, 96, np.random.default_rng(0))
-    recalibrate_batchnorm(average, sampler, torch.device("cpu"), 32, 4, seed=12345)
-    for k, v in average.state_dict().items():
-        if "running" in k:
-            torch.testing.assert_close(v, got[k])
+    _assert_recomputed(average, disk_image, 32)
 
 
 def test_statistics_move_only_with_the_weights(disk_image):
@@ -149,9 +141,9 @@ def test_statistics_move_only_with_the_weights(disk_image):
     gen = seg.training(image, scribbles, steps=50)
     for _ in range(10):
         next(gen)
-    first = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    first = _statistics(seg.predict_model)
     seg._state.pending_calibration = seg._state._final_calibration  # as at the next update
-    again = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    again = _statistics(seg.predict_model)
     for k in first:
         torch.testing.assert_close(first[k], again[k])
     gen.close()
@@ -162,8 +154,8 @@ def test_statistics_move_only_with_the_weights(disk_image):
     gen = seg.training(image, scribbles, steps=50)
     for _ in range(10):
         next(gen)
-    first = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    first = _statistics(seg.predict_model)
     next(gen)  # one more step: new patches, and (slightly) new weights
-    again = {k: v.clone() for k, v in seg.predict_model.state_dict().items() if "running" in k}
+    again = _statistics(seg.predict_model)
     assert any(not torch.equal(first[k], again[k]) for k in first)
     gen.close()

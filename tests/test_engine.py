@@ -185,8 +185,13 @@ def test_stem_on_all_scales_equals_the_product_on_upsampled_features(training):
         for f, t in groups[1:]
     ]
     expected = net.stem[1](net.stem[0](torch.cat(full, dim=1)))
-    from napari_frontier.model import _pointwise_pyramid
+    from napari_frontier.model import _pointwise
 
-    got = _pointwise_pyramid(groups, x[:, -1:], net.stem[0], net.stem[1])
+    got = _pointwise(
+        [torch.cat([groups[0][1], x[:, -1:]], dim=1)] + [t for _, t in groups[1:]],
+        net.stem[0],
+        net.stem[1],
+        strides=[1] + [f for f, _ in groups[1:]],
+    )
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert net.stem[0].in_channels == sum(t.shape[1] for _, t in groups) + 1

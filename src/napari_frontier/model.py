@@ -209,7 +209,10 @@ class FilterBank(nn.Module):
 
 
 def _pointwise(
-    xs: list[torch.Tensor], conv: nn.Conv2d, bn: nn.Module | None = None
+    xs: list[torch.Tensor],
+    conv: nn.Conv2d,
+    bn: nn.Module | None = None,
+    strides: list[int] | None = None,
 ) -> torch.Tensor:
     """A 1x1 convolution (then BatchNorm) over the channels of ``xs`` taken in order.
 
@@ -217,14 +220,23 @@ def _pointwise(
     resolution this is several times faster on CPUs than the convolution
     routine (which reorders the data first), and the inputs need not be
     concatenated. In eval mode the BatchNorm is folded into the weights.
+
+    ``strides``: inputs after the first may be pyramid levels ``f`` times
+    coarser. A 1x1 product commutes with bilinear upsampling, so each is
+    multiplied at its own resolution and only the product is upsampled: the
+    same result as the product on upsampled inputs, at a fraction of the cost.
     """
     w, b, bn = _folded(conv, bn)
     n, _, h, wd = xs[0].shape
     out = None
     c0 = 0
-    for x in xs:
+    for x, f in zip(xs, strides or [1] * len(xs), strict=True):
         c = x.shape[1]
         y = _product(w[:, c0 : c0 + c], x)
+        if f > 1:
+            y = F.interpolate(
+                y.view(n, -1, *x.shape[-2:]), scale_factor=f, mode="bilinear", align_corners=False
+            ).view(n, -1, h * wd)
         out = y if out is None else out.add_(y)
         c0 += c
     if c0 != w.shape[1]:
@@ -256,33 +268,6 @@ def _product(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     # bmm with the weight on the left: matmul would fold the batch into
     # one tall product with a 2-column output, which BLAS runs slowly.
     return torch.bmm(w.to(x.dtype).expand(n, -1, -1), x.reshape(n, c, h * wd))
-
-
-def _pointwise_pyramid(
-    groups: list[tuple[int, torch.Tensor]], validity: torch.Tensor, conv: nn.Conv2d, bn
-) -> torch.Tensor:
-    """The stem's 1x1 convolution (then BatchNorm) on every pyramid level at full resolution.
-
-    Input channels in order: the full-resolution group, validity, then each
-    coarser group. A 1x1 product commutes with bilinear upsampling, so each
-    coarse level is multiplied at its own resolution and only the ``out``
-    channels are upsampled: the same result as the product on upsampled
-    features, at a fraction of the cost.
-    """
-    w, b, bn = _folded(conv, bn)
-    fine = torch.cat([groups[0][1], validity], dim=1)
-    n, c0, h, wd = fine.shape
-    out = _product(w[:, :c0], fine).view(n, -1, h, wd)
-    for f, t in groups[1:]:
-        c = t.shape[1]
-        y = _product(w[:, c0 : c0 + c], t).view(n, -1, *t.shape[-2:])
-        out = out.add_(F.interpolate(y, scale_factor=f, mode="bilinear", align_corners=False))
-        c0 += c
-    if c0 != w.shape[1]:
-        raise ValueError(f"expected {w.shape[1]} input channels, got {c0}")
-    if b is not None:
-        out = out.add_(b.to(out.dtype)[:, None, None])
-    return out if bn is None else bn(out)
 
 
 def _norm(norm: str, c: int) -> nn.Module:
@@ -368,13 +353,16 @@ class FrontierNet(nn.Module):
         image, validity = x[:, :-1], x[:, -1:]
         groups = [(1, image)] if self.filters is None else self.filters.groups(image)
         s = self.config.context_stride
-        if self.config.pixel_features == "all" and len(groups) > 1:
-            stem = _pointwise_pyramid(groups, validity, self.stem[0], self.stem[1])
-        else:
-            stem = _pointwise(
-                [torch.cat([groups[0][1], validity], dim=1)], self.stem[0], self.stem[1]
+        # pixel_features="all": the coarser pyramid levels too
+        levels = groups[1:] if self.config.pixel_features == "all" else []
+        stem = torch.relu_(
+            _pointwise(
+                [torch.cat([groups[0][1], validity], dim=1)] + [t for _, t in levels],
+                self.stem[0],
+                self.stem[1],
+                strides=[1] + [f for f, _ in levels],
             )
-        stem = torch.relu_(stem)
+        )
         h = stem
         if s > 1:
             h = torch.cat(

@@ -163,20 +163,12 @@ class PatchSampler:
             cy, cx = self._coords[i][k][rng.integers(len(self._coords[i][k]))]
             t_full = self._targets[i]
             h, w = t_full.shape
+            side = p  # of the scored window; another side is resized to p (scale augmentation)
             if augment and self.scale:
                 side = round(p * 2 ** rng.uniform(-self.scale, self.scale))
                 side = max(8, min(side, h, w))
-                y0 = int(np.clip(cy - rng.integers(side // 8, side - side // 8), 0, h - side))
-                x0 = int(np.clip(cx - rng.integers(side // 8, side - side // 8), 0, w - side))
-                x, t = _resized(
-                    self._images[i][:, y0 : y0 + side, x0 : x0 + side],
-                    t_full[y0 : y0 + side, x0 : x0 + side],
-                    p,
-                )
-                xs[b], ts[b] = _augment(x, t, rng)
-                continue
-            y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
-            x0 = int(np.clip(cx - rng.integers(p // 8, p - p // 8), 0, w - p))
+            y0 = int(np.clip(cy - rng.integers(side // 8, side - side // 8), 0, h - side))
+            x0 = int(np.clip(cx - rng.integers(side // 8, side - side // 8), 0, w - side))
             if m:
                 # the scored window (y0, x0, p) inside a patch of side s
                 # with as much real context around it as the image has
@@ -186,8 +178,10 @@ class PatchSampler:
                 t = np.full((s, s), IGNORE, dtype=np.int64)
                 t[wy - y0 : wy - y0 + p, wx - x0 : wx - x0 + p] = t_full[wy : wy + p, wx : wx + p]
             else:
-                t = t_full[y0 : y0 + s, x0 : x0 + s]
-            x = self._images[i][:, y0 : y0 + s, x0 : x0 + s]
+                t = t_full[y0 : y0 + side, x0 : x0 + side]
+            x = self._images[i][:, y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]]
+            if side != p:
+                x, t = _resized(x, t, p)
             if augment:
                 x, t = _augment(x, t, rng)
             xs[b] = x
@@ -198,8 +192,6 @@ class PatchSampler:
 def _resized(x: np.ndarray, t: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A square window resized to ``size``: image bilinear (antialiased), targets nearest."""
     side = t.shape[0]
-    if side == size:
-        return np.asarray(x, dtype=np.float32), t
     import torch
     import torch.nn.functional as F
 

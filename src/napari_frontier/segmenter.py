@@ -286,24 +286,12 @@ class Segmenter:
         if tc.threads:
             torch.set_num_threads(int(tc.threads))
         xs = [source(k) for k in keys]
-        sampler = PatchSampler(
-            xs,
-            [u[1] for u in units],
-            self.n_classes,
-            tc.patch_size,
-            rng,
-            tc.context_margin,
-            scale=tc.scale_augment,
-        )
-        holdout = PatchSampler(
-            xs,
-            [u[2] for u in units],
-            self.n_classes,
-            tc.patch_size,
-            rng,
-            tc.context_margin,
-            scale=tc.scale_augment,
-        )
+        # training and held-out strokes: the same images, other targets
+        sampler, holdout = (
+            PatchSampler(xs, [u[j] for u in units], self.n_classes, tc.patch_size, rng,
+                         tc.context_margin, scale=tc.scale_augment)
+            for j in (1, 2)
+        )  # fmt: skip
         del units, checked, xs  # the samplers keep compact copies of what they need
         state = TrainState(self.model, self.optimizer, self.device, self.step)
         if self._ema is not None:

@@ -162,8 +162,8 @@ class TrainState:
     pending_calibration: Callable[[bool], None] | None = None
     #: The thread that runs the training generator (``threading.get_ident()``).
     thread: int | None = None
-    #: True once the end-of-training statistics are computed.
-    finished: bool = False
+    #: Computes the end-of-training statistics; None once they are computed.
+    _final_calibration: Callable[[bool], None] | None = None
 
     def calibrate(self, final: bool = False) -> None:
         """Bring the predicting weights' BatchNorm statistics up to date, if needed.
@@ -176,12 +176,10 @@ class TrainState:
         if threading.get_ident() != self.thread:
             return
         pending, self.pending_calibration = self.pending_calibration, None
-        if final and not self.finished:
-            pending = pending or self._final_calibration
+        if final:
+            pending = self._final_calibration
         if pending is not None:
             pending(final)
-
-    _final_calibration: Callable[[bool], None] | None = None
 
 
 def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
@@ -319,9 +317,9 @@ def train_steps(
         for m in (model, *state.shadows) if final else (state.shadows or [model]):
             recalibrate_batchnorm(m, sampler, device, batches, batch_size, seed, amp_dtype)
         state.good_shadows = [copy.deepcopy(m.state_dict()) for m in state.shadows]
-        state.finished = final
+        if final:
+            state._final_calibration = None
 
-    state.finished = False
     state._final_calibration = calibrate
 
     while not finished():
@@ -408,7 +406,6 @@ def train_steps(
                 last_holdout_t = time.perf_counter()
             incoming = yield update(False)
             state.pending_calibration = None  # training goes on: statistics go stale
-            state.finished = False
             message = ""
             last_yield = time.perf_counter()
             if incoming is not None and on_scribbles is not None:
