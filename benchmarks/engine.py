@@ -6,6 +6,8 @@ baseline measured in the same process.
     python benchmarks/engine.py --threads 1 2 --repeats 3
     python benchmarks/engine.py --threads 2 --model '{"pixel_features": "all"}'
         # an architecture option against the defaults, interleaved in one process
+    python benchmarks/engine.py --threads 1 --train '{"smoothness": 1.0}'
+        # the same for a training option
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig
 
 
-def steps_per_second(threads: int, seconds: float, device: str, model: dict | None = None) -> float:
+def steps_per_second(
+    threads: int,
+    seconds: float,
+    device: str,
+    model: dict | None = None,
+    train: dict | None = None,
+) -> float:
     torch.set_num_threads(threads)
     s = load_sample("nuclei")
     seg = Segmenter(
-        train_config=TrainConfig(seed=0, threads=threads, device=device), model_config=model
+        train_config=TrainConfig(seed=0, threads=threads, device=device, **(train or {})),
+        model_config=model,
     )
     seg.fit(s["image"], s["scribbles"], steps=3)  # warm-up
     last = seg.fit(s["image"], s["scribbles"], seconds=seconds)
@@ -103,13 +112,19 @@ def main() -> None:
         default=None,
         help="ModelConfig overrides (JSON): measured against the defaults, runs interleaved",
     )
+    p.add_argument(
+        "--train",
+        type=json.loads,
+        default=None,
+        help="TrainConfig overrides (JSON): training speed against the defaults, interleaved",
+    )
     args = p.parse_args()
     print(
         f"# {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, load {os.getloadavg()[0]:.2f}"
     )
     work = step_gflop()
     print(f"one training step: {work:.2f} GFLOP (forward + backward, convolutions and products)")
-    if args.model:
+    if args.model or args.train:
         compare(args)
         return
     base_sps = base_inf = None
@@ -137,8 +152,11 @@ def compare(args) -> None:
     for t in args.threads:
         runs = {"defaults": ([], []), "option": ([], [])}
         for _ in range(args.repeats):
-            for name, model in (("defaults", None), ("option", args.model)):
-                runs[name][0].append(steps_per_second(t, args.seconds, args.device, model))
+            for name, model, train in (
+                ("defaults", None, None),
+                ("option", args.model, args.train),
+            ):
+                runs[name][0].append(steps_per_second(t, args.seconds, args.device, model, train))
                 runs[name][1].append(
                     inference_mp_per_s(t, args.size, args.device, args.tile, model)
                 )
@@ -146,7 +164,7 @@ def compare(args) -> None:
         sps1, inf1 = (statistics.median(v) for v in runs["option"])
         print(
             f"threads={t}: defaults {sps0:.1f} steps/s, inference {inf0:.2f} MP/s; "
-            f"{json.dumps(args.model)} {sps1:.1f} steps/s (x{sps1 / sps0:.2f}), "
+            f"{json.dumps(args.model or {})} {json.dumps(args.train or {})} {sps1:.1f} steps/s (x{sps1 / sps0:.2f}), "
             f"inference {inf1:.2f} MP/s (x{inf1 / inf0:.2f}) on {args.size}x{args.size}; "
             f"median of {args.repeats}"
         )
