@@ -136,9 +136,12 @@ def test_cli_train_predict_and_errors(tmp_path, disk_image):
         "30",
         "--threads",
         "1",
+        "--smoothness",
+        "0.5",
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
+    assert Segmenter.load(tmp_path / "m.pt").train_config.smoothness == 0.5
     r = _run(
         "predict", "m.pt", "img.tif", "-o", "mask.tif", "--probabilities", "p.tif", cwd=tmp_path
     )

@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None, help="patches per training step")
     t.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate")
     t.add_argument(
+        "--smoothness",
+        type=float,
+        default=None,
+        help="weight of the label-free CRF loss that moves the frontier to image edges "
+        "once the strokes are fitted (default 1; 0 = off)",
+    )
+    t.add_argument(
         "--holdout",
         type=float,
         default=None,
@@ -278,7 +285,7 @@ def _train(args) -> int:
         args.seconds = 300.0 if args.until_stable else 60.0
     overrides = {
         k: getattr(args, k)
-        for k in ("patch_size", "batch_size", "learning_rate")
+        for k in ("patch_size", "batch_size", "learning_rate", "smoothness")
         if getattr(args, k) is not None
     }
     if args.holdout is not None:

@@ -57,7 +57,12 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     threads: int | None = None
-    smoothness: float = 0.0
+    #: Weight of the label-free regulariser on all pixels of a patch (the
+    #: frontier follows image edges across the unpainted band); 0 = off.
+    #: Default: the CRF loss at weight 1, once the strokes are fitted
+    #: (``smoothness_after``). Measured on the dev set (11 images, 3 seeds,
+    #: 1500 steps): mean IoU 0.762 -> 0.818, worst 0.598 -> 0.663.
+    smoothness: float = 1.0
     #: Predictions (and checkpoints) use an exponential moving average of
     #: the weights with this decay (ramped up as ``(1 + n) / (10 + n)``),
     #: with BatchNorm statistics recomputed for the averaged weights; 0 = the
@@ -68,7 +73,14 @@ class TrainConfig:
     #: Label-free regulariser weighted by ``smoothness``: "neighbours"
     #: (4-neighbour edge-aware smoothness) or "crf" (relaxed Potts / CRF
     #: loss over a window of neighbours, :func:`losses.dense_crf_loss`).
-    smoothness_kind: str = "neighbours"
+    smoothness_kind: str = "crf"
+    #: The regulariser acts only while the running accuracy on painted
+    #: pixels of the training batches is at least this (0 = always): the
+    #: strokes are fitted first, then the prior shapes the frontier between
+    #: them; a new stroke the model gets wrong switches it off until fitted.
+    #: Measured: on from the first step, the CRF loss kept 2 of 3 seeds from
+    #: ever finding a small CT lesion (IoU 0.03); after 0.95 they find it.
+    smoothness_after: float = 0.95
     #: Momentum of BatchNorm running statistics (after a plain average of
     #: the first ``1 / bn_momentum`` batches).
     bn_momentum: float = 0.1
@@ -342,7 +354,9 @@ def train_steps(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xb)
             loss = masked_cross_entropy(logits, tb, class_weights=cw)
-            if config.smoothness > 0:
+            if config.smoothness > 0 and (
+                config.smoothness_after <= 0 or acc_avg >= config.smoothness_after
+            ):
                 probs = torch.softmax(logits.float(), dim=1)
                 valid = xb[:, -1] > 0.5
                 reg = dense_crf_loss if config.smoothness_kind == "crf" else edge_aware_smoothness
