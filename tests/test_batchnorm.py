@@ -33,6 +33,16 @@ def _assert_recomputed(model, disk_image, batches: int) -> dict:
     return got
 
 
+def _training_at(disk_image, updates: int, steps: int = 50, **train):
+    """A training run (an update after every step) paused at its ``updates``-th update."""
+    image, scribbles, _ = disk_image
+    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0, **train)
+    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
+    gen = seg.training(image, scribbles, steps=steps)
+    seen = [next(gen) for _ in range(updates)]
+    return seg, gen, seen
+
+
 def test_recalibration_gives_the_statistics_of_the_current_weights(disk_image):
     torch.manual_seed(0)
     net = build_model(ModelConfig(width=8, depth=1))
@@ -92,7 +102,6 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
     """Updates without a prediction cost no recalibration; a prediction gets fresh statistics."""
     import napari_frontier.training as training
 
-    image, scribbles, _ = disk_image
     calls = []
     real = training.recalibrate_batchnorm
 
@@ -102,10 +111,7 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
 
     monkeypatch.setattr(training, "recalibrate_batchnorm", counted)
     # updates after every step (update_interval=0): many updates, nothing predicts
-    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0)
-    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
-    gen = seg.training(image, scribbles, steps=30)
-    updates = [next(gen) for _ in range(20)]
+    seg, gen, updates = _training_at(disk_image, 20, steps=30)
     assert [u.step for u in updates] == list(range(1, 21))
     assert calls == []  # twenty updates, no prediction: no recalibration yet
     # a prediction at this update recomputes the statistics once, for these weights
@@ -122,12 +128,7 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
 
 def test_stopping_at_an_update_leaves_recalibrated_statistics(disk_image):
     """A run closed mid-way (Stop, Ctrl-C) predicts with statistics of its final weights."""
-    image, scribbles, _ = disk_image
-    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0)
-    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
-    gen = seg.training(image, scribbles, steps=50)
-    for _ in range(12):
-        next(gen)
+    seg, gen, _ = _training_at(disk_image, 12)
     gen.close()
     average = seg.predict_model
     _assert_recomputed(average, disk_image, 32)
@@ -135,12 +136,7 @@ def test_stopping_at_an_update_leaves_recalibrated_statistics(disk_image):
 
 def test_statistics_move_only_with_the_weights(disk_image):
     """Recomputed twice for the same weights, the statistics are the same (same patches)."""
-    image, scribbles, _ = disk_image
-    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0)
-    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
-    gen = seg.training(image, scribbles, steps=50)
-    for _ in range(10):
-        next(gen)
+    seg, gen, _ = _training_at(disk_image, 10)
     first = _statistics(seg.predict_model)
     seg._state.pending_calibration = seg._state._final_calibration  # as at the next update
     again = _statistics(seg.predict_model)
@@ -148,12 +144,7 @@ def test_statistics_move_only_with_the_weights(disk_image):
         torch.testing.assert_close(first[k], again[k])
     gen.close()
     # with new patches each time (the former rule) they differ
-    tc = TrainConfig(seed=0, threads=1, device="cpu", ema=0.9, update_interval=0.0,
-                     bn_recalibration_seed=None)  # fmt: skip
-    seg = Segmenter(train_config=tc, model_config=dict(width=8, depth=2))
-    gen = seg.training(image, scribbles, steps=50)
-    for _ in range(10):
-        next(gen)
+    seg, gen, _ = _training_at(disk_image, 10, bn_recalibration_seed=None)
     first = _statistics(seg.predict_model)
     next(gen)  # one more step: new patches, and (slightly) new weights
     again = _statistics(seg.predict_model)
