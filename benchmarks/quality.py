@@ -182,6 +182,8 @@ def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=No
                 break
     finally:
         gen.close()
+    # updates at which the prediction guard kept the last weights that passed
+    out["held_back"] = seg._state.held_back if seg._state is not None else 0
     return out
 
 

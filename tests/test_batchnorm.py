@@ -150,3 +150,43 @@ def test_statistics_move_only_with_the_weights(disk_image):
     again = _statistics(seg.predict_model)
     assert any(not torch.equal(first[k], again[k]) for k in first)
     gen.close()
+
+
+def test_a_weight_average_that_misses_its_strokes_never_predicts(disk_image, monkeypatch):
+    from napari_frontier import training
+
+    def params(module) -> dict:
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    guarded, gen, _ = _training_at(disk_image, 4)
+    plain, gen_plain, _ = _training_at(disk_image, 4, prediction_guard=0.0)
+    passed = params(guarded.predict_model)  # statistics recomputed; the guard lets it through
+    plain.predict_model  # noqa: B018 (the same calibrations in both runs)
+    # from now on the average gets no painted pixel right in eval mode
+    monkeypatch.setattr(training, "stroke_accuracy", lambda *a, **k: 0.0)
+    for _ in range(3):
+        next(gen), next(gen_plain)
+        held = params(guarded.predict_model)
+        plain.predict_model  # noqa: B018
+        for k, v in passed.items():  # the weights that passed keep predicting
+            assert torch.equal(held[k], v), k
+    assert guarded._state.held_back == 3 and plain._state.held_back == 0
+    # ... and checkpoints are written from them
+    for k, v in guarded.state_dict()["state_dict"].items():
+        assert torch.equal(v, passed[k]), k
+    # training and the true average go on as if nothing were held back
+    next(gen), next(gen_plain)
+    for k, v in params(plain.model).items():
+        assert torch.equal(params(guarded.model)[k], v), k
+    average, reference = params(guarded._ema.module), params(plain._ema.module)
+    for name, _ in plain._ema.module.named_parameters():
+        assert torch.equal(average[name], reference[name]), name
+    gen.close(), gen_plain.close()
+
+
+def test_a_trained_average_passes_the_guard(disk_image):
+    seg, gen, seen = _training_at(disk_image, 40)
+    assert seen[-1].train_accuracy > 0.9
+    seg.predict_model  # noqa: B018
+    assert seg._state.held_back == 0
+    gen.close()
