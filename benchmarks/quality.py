@@ -178,12 +178,12 @@ def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=No
             paused += out["predict_s"]
             while todo and at >= todo[0]:
                 out[todo.pop(0)] = {"iou": iou, "step": upd.step, "seconds": upd.elapsed - paused}
+            # updates at which the prediction guard kept the last weights that passed
+            out["held_back"] = seg._state.held_back
             if not todo:
                 break
     finally:
         gen.close()
-    # updates at which the prediction guard kept the last weights that passed
-    out["held_back"] = seg._state.held_back if seg._state is not None else 0
     return out
 
 
