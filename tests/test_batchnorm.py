@@ -165,7 +165,8 @@ def test_a_weight_average_that_misses_its_strokes_never_predicts(disk_image, mon
     # from now on the average gets no painted pixel right in eval mode
     monkeypatch.setattr(training, "stroke_accuracy", lambda *a, **k: 0.0)
     for _ in range(3):
-        next(gen), next(gen_plain)
+        upd, _ = next(gen), next(gen_plain)
+        assert upd.message == "" or "previous prediction" in upd.message
         held = params(guarded.predict_model)
         plain.predict_model  # noqa: B018
         for k, v in passed.items():  # the weights that passed keep predicting
@@ -174,8 +175,10 @@ def test_a_weight_average_that_misses_its_strokes_never_predicts(disk_image, mon
     # ... and checkpoints are written from them
     for k, v in guarded.state_dict()["state_dict"].items():
         assert torch.equal(v, passed[k]), k
-    # training and the true average go on as if nothing were held back
-    next(gen), next(gen_plain)
+    # the next update says so (once per hold), and training and the true
+    # average go on as if nothing were held back
+    upd, upd_plain = next(gen), next(gen_plain)
+    assert "kept the previous prediction" in upd.message and upd_plain.message == ""
     for k, v in params(plain.model).items():
         assert torch.equal(params(guarded.model)[k], v), k
     average, reference = params(guarded._ema.module), params(plain._ema.module)

@@ -377,6 +377,7 @@ def train_steps(
     predictor = state.shadows[0] if state.shadows else model
 
     accepted = None  # the weight average that last passed the prediction guard
+    held_reported = 0  # holds an update's message has told of
     held_back = None  # the true weight average while ``accepted`` predicts instead
 
     def calibrate(final: bool = False) -> None:
@@ -495,6 +496,12 @@ def train_steps(
                     state.calibrate()
                 holdout_acc = _holdout_accuracy(predictor, holdout, device)
                 last_holdout_t = time.perf_counter()
+            if state.held_back > held_reported and not message:
+                held_reported = state.held_back
+                message = (
+                    "kept the previous prediction: the newest weights miss too many "
+                    "painted pixels when they predict (training goes on)"
+                )
             incoming = yield update(False)
             state.pending_calibration = None  # training goes on: statistics go stale
             if held_back is not None:  # the average goes on from where it was
