@@ -227,6 +227,25 @@ def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
     return float((pred[scored] == t[scored]).mean()) if scored.any() else None
 
 
+def _seeded_batches(sampler: PatchSampler, seed: int, batches: int, batch_size: int, device):
+    """``(input on device, targets)`` for ``batches`` training batches from their own stream.
+
+    The same ``seed`` gives the same patches; the sampler's training stream
+    is put back afterwards, so the training sequence is unchanged.
+    """
+    saved_rng = sampler.rng
+    sampler.rng = np.random.default_rng(seed)
+    try:
+        for _ in range(batches):
+            x, t = sampler.sample(batch_size)
+            xb = torch.from_numpy(x).to(device)
+            if device.type != "cpu":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, t
+    finally:
+        sampler.rng = saved_rng
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: torch.nn.Module,
@@ -246,8 +265,6 @@ def recalibrate_batchnorm(
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0 or sampler.class_counts().sum() == 0:
         return
-    saved_rng = sampler.rng
-    sampler.rng = np.random.default_rng(seed)
     saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in norms]
     was_training = model.training
     model.train()
@@ -255,15 +272,10 @@ def recalibrate_batchnorm(
         for bn in norms:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the batches below
-        for _ in range(batches):
-            x, _ = sampler.sample(batch_size)
-            xb = torch.from_numpy(x).to(device)
-            if device.type != "cpu":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+        for xb, _ in _seeded_batches(sampler, seed, batches, batch_size, device):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 model(xb)
     finally:
-        sampler.rng = saved_rng
         for bn, (momentum, n) in zip(norms, saved, strict=True):
             bn.momentum = momentum
             bn.num_batches_tracked.copy_(n)
@@ -287,24 +299,17 @@ def stroke_accuracy(
     """
     if batches <= 0 or sampler.class_counts().sum() == 0:
         return None
-    saved_rng = sampler.rng
-    sampler.rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     right = painted = 0
     try:
-        for _ in range(batches):
-            x, t = sampler.sample(batch_size)
-            xb = torch.from_numpy(x).to(device)
-            if device.type != "cpu":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+        for xb, t in _seeded_batches(sampler, seed, batches, batch_size, device):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred = model(xb).argmax(1).cpu().numpy()
             scored = t != IGNORE
             right += int((pred[scored] == t[scored]).sum())
             painted += int(scored.sum())
     finally:
-        sampler.rng = saved_rng
         model.train(was_training)
     return right / painted if painted else None
 
