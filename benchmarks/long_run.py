@@ -8,6 +8,7 @@ updates the prediction guard held back so far.
 
     python benchmarks/long_run.py textures --seed 0 --steps 5000 --every 250
     python benchmarks/long_run.py textures --seed 0 --steps 5000 --train '{"prediction_guard": 0}'
+    python benchmarks/long_run.py textures --seed 0 --steps 5000 --model '{"norm": "renorm"}'
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--train", type=json.loads, default=None, help="TrainConfig overrides (JSON)")
+    ap.add_argument("--model", type=json.loads, default=None, help="ModelConfig overrides (JSON)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     image, scribbles, truth, k = load_cases(DEVSET, False, True, True)[args.image]
     train = {"update_interval": 0.0, **(args.train or {})}
-    seg = Segmenter(n_classes=k, train_config=TrainConfig(seed=args.seed, threads=1, **train))
+    seg = Segmenter(
+        n_classes=k,
+        train_config=TrainConfig(seed=args.seed, threads=1, **train),
+        model_config=args.model,
+    )
     painted = scribbles > 0
-    print(f"# {args.image} seed {args.seed}, train {train}")
+    print(f"# {args.image} seed {args.seed}, train {train}, model {args.model}")
     gen = seg.training(image, scribbles, steps=args.steps)
     try:
         for upd in gen:

@@ -43,8 +43,12 @@ class ModelConfig:
     # Resolution divisor of the context U-Net and of the coarsest filter
     # pyramid level (a power of two; 1 = everything at full resolution).
     context_stride: int = 4
-    # "batch" (BatchNorm, folded into the weights for prediction), "group"
-    # (GroupNorm in the context U-Net, BatchNorm in the stem) or "none".
+    # "batch" (BatchNorm, folded into the weights for prediction), "renorm"
+    # (batch renormalisation: BatchNorm whose training output is corrected
+    # towards the running statistics, so it predicts in eval mode as it
+    # trained; the same layers in eval mode; in the context U-Net, BatchNorm
+    # in the stem), "group" (GroupNorm in the context U-Net, BatchNorm in the
+    # stem) or "none".
     norm: str = "batch"
     # How context and per-pixel features meet at full resolution: "add"
     # (context logits upsampled and added to per-pixel logits) or "mlp"
@@ -270,14 +274,58 @@ def _product(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.to(x.dtype).expand(n, -1, -1), x.reshape(n, c, h * wd))
 
 
+class BatchRenorm2d(nn.BatchNorm2d):
+    """Batch renormalisation (Ioffe, NeurIPS 2017) for small batches.
+
+    In training mode the batch-normalised output is multiplied by
+    ``r = sigma_B / sigma`` and shifted by ``d = (mu_B - mu) / sigma`` (running
+    statistics ``mu``, ``sigma``; ``r`` and ``d`` clipped, no gradient), which
+    makes it what eval mode computes with the running statistics. With
+    BatchNorm a network trained on 4 patches per step can come to rely on
+    each batch being normalised by its own statistics, which no fixed
+    statistics reproduce when it predicts. The clipping opens from plain
+    BatchNorm (``r = 1``, ``d = 0``) to ``r_max``, ``d_max`` over the first
+    ``ramp`` batches. In eval mode (and when folded) it is a BatchNorm.
+    """
+
+    def __init__(self, c: int, r_max: float = 3.0, d_max: float = 5.0, ramp: int = 200):
+        super().__init__(c)
+        self.r_max, self.d_max, self.ramp = r_max, d_max, ramp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        n = int(self.num_batches_tracked)
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / (n + 1) if self.momentum is None else self.momentum
+        weight, bias = self.weight, self.bias
+        if n > 0 and self.ramp >= 0:
+            with torch.no_grad():
+                var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
+                run_std = torch.sqrt(self.running_var + self.eps)
+                open_ = min(1.0, n / self.ramp) if self.ramp > 0 else 1.0
+                r_max = 1.0 + (self.r_max - 1.0) * open_
+                d_max = self.d_max * open_
+                r = (torch.sqrt(var + self.eps) / run_std).clamp_(1.0 / r_max, r_max)
+                d = ((mean - self.running_mean) / run_std).clamp_(-d_max, d_max)
+            # w * (r * x_hat + d) + b: BatchNorm with that scale and shift
+            # (r and d are constants), done by the fused kernel.
+            weight, bias = weight * r, bias + weight * d
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, weight, bias, True, factor, self.eps
+        )
+
+
 def _norm(norm: str, c: int) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm2d(c)
+    if norm == "renorm":
+        return BatchRenorm2d(c)
     if norm == "group":
         return nn.GroupNorm(max(1, c // 4), c)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
+    raise ValueError(f"norm must be 'batch', 'renorm', 'group' or 'none', got {norm!r}")
 
 
 def _block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
@@ -312,8 +360,10 @@ class FrontierNet(nn.Module):
             n_coarse = per * sum(f > 1 for f in self.filters.strides)
         # The stem normalises over all pixels of the batch, a stable sample
         # even for "group" (whose per-patch statistics would differ between
-        # a training patch and a prediction tile at full resolution).
-        stem_norm = "batch" if config.norm == "group" else config.norm
+        # a training patch and a prediction tile at full resolution) and
+        # "renorm" (its corrections are for the few pixels of the U-Net's
+        # coarse grid; the stem's statistics come from ~37 000 pixels a batch).
+        stem_norm = "batch" if config.norm in ("group", "renorm") else config.norm
         n_stem = n_fine + 1 + (n_coarse if config.pixel_features == "all" else 0)
         self.stem = nn.Sequential(
             nn.Conv2d(n_stem, config.width, 1, bias=stem_norm == "none"),
