@@ -1,7 +1,5 @@
 """Batch renormalisation: training-mode output is what eval mode will compute."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -124,7 +122,5 @@ def test_renorm_network_predicts_the_same_tiled_and_after_a_checkpoint(disk_imag
 def test_renorm_has_the_state_of_a_batchnorm(norm):
     """Checkpoints of either kind hold the same tensors (a renorm layer is a BatchNorm)."""
     net = build_model(ModelConfig(width=8, depth=1, norm=norm))
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
     ref = build_model(ModelConfig(width=8, depth=1)).state_dict()
-    assert set(net.state_dict()) == set(ref)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.items()}
