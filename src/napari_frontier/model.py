@@ -299,7 +299,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         self.num_batches_tracked.add_(1)
         factor = 1.0 / (n + 1) if self.momentum is None else self.momentum
         weight, bias = self.weight, self.bias
-        if n > 0 and self.ramp >= 0:
+        if n > 0:  # the first batch has no running statistics to correct towards
             with torch.no_grad():
                 var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
                 run_std = torch.sqrt(self.running_var + self.eps)
