@@ -86,6 +86,31 @@ def test_the_clipping_opens_over_the_ramp():
     assert outputs[1000] > 1.0
 
 
+def test_plain_batchnorm_until_the_start_then_the_ramp_from_there():
+    x = _batch()
+    gaps = {}
+    for n in (1, 499, 500, 501, 500 + 1000):
+        bn = _settled()
+        bn.start = 500
+        bn.running_var.fill_(1e-2)
+        bn.num_batches_tracked.fill_(n)
+        plain = torch.nn.BatchNorm2d(3, momentum=0.0)
+        plain.load_state_dict(bn.state_dict())
+        gaps[n] = (bn(x) - plain(x)).abs().max().item()
+    assert gaps[1] == gaps[499] == gaps[500] == 0.0  # exactly BatchNorm before the start
+    assert 0.0 < gaps[501] < 0.1  # the clipping opens gradually from the start
+    assert gaps[1500] > 1.0
+
+
+def test_renorm_start_reaches_every_layer_and_old_configs_load():
+    net = build_model(ModelConfig(width=8, depth=1, norm="renorm", renorm_start=300))
+    starts = {m.start for m in net.modules() if isinstance(m, BatchRenorm2d)}
+    assert starts == {300}
+    old = ModelConfig(width=8, depth=1, norm="renorm").as_dict()
+    del old["renorm_start"]  # written before the setting existed
+    assert ModelConfig.from_dict(old).renorm_start == 0
+
+
 def test_running_statistics_follow_the_momentum_like_batchnorm():
     renorm, plain = _settled(momentum=0.1), torch.nn.BatchNorm2d(3, momentum=0.1)
     plain.load_state_dict(renorm.state_dict())

@@ -50,6 +50,9 @@ class ModelConfig:
     # in the stem), "group" (GroupNorm in the context U-Net, BatchNorm in the
     # stem) or "none".
     norm: str = "batch"
+    # norm="renorm" only: training batches of plain BatchNorm before the
+    # renormalisation's clipping starts to open (0: from the second batch).
+    renorm_start: int = 0
     # How context and per-pixel features meet at full resolution: "add"
     # (context logits upsampled and added to per-pixel logits) or "mlp"
     # (context features upsampled and concatenated with the stem, then a
@@ -86,6 +89,7 @@ class ModelConfig:
         # Checkpoints written before this setting existed hold the s = 1 network.
         d.setdefault("context_stride", 1)
         d.setdefault("norm", "batch")
+        d.setdefault("renorm_start", 0)
         d.setdefault("fuse", "add")
         d.setdefault("pixel_features", "fine")
         if "sigmas" in d:
@@ -284,13 +288,16 @@ class BatchRenorm2d(nn.BatchNorm2d):
     BatchNorm a network trained on 4 patches per step can come to rely on
     each batch being normalised by its own statistics, which no fixed
     statistics reproduce when it predicts. The clipping opens from plain
-    BatchNorm (``r = 1``, ``d = 0``) to ``r_max``, ``d_max`` over the first
-    ``ramp`` batches. In eval mode (and when folded) it is a BatchNorm.
+    BatchNorm (``r = 1``, ``d = 0``) to ``r_max``, ``d_max`` over ``ramp``
+    batches, after ``start`` batches of plain BatchNorm. In eval mode (and
+    when folded) it is a BatchNorm.
     """
 
-    def __init__(self, c: int, r_max: float = 3.0, d_max: float = 5.0, ramp: int = 200):
+    def __init__(
+        self, c: int, r_max: float = 3.0, d_max: float = 5.0, ramp: int = 200, start: int = 0
+    ):
         super().__init__(c)
-        self.r_max, self.d_max, self.ramp = r_max, d_max, ramp
+        self.r_max, self.d_max, self.ramp, self.start = r_max, d_max, ramp, start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -299,11 +306,13 @@ class BatchRenorm2d(nn.BatchNorm2d):
         self.num_batches_tracked.add_(1)
         factor = 1.0 / (n + 1) if self.momentum is None else self.momentum
         weight, bias = self.weight, self.bias
-        if n > 0:  # the first batch has no running statistics to correct towards
+        # the first batch has no running statistics to correct towards
+        if n > max(0, self.start):
             with torch.no_grad():
                 var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
                 run_std = torch.sqrt(self.running_var + self.eps)
-                open_ = min(1.0, n / self.ramp) if self.ramp > 0 else 1.0
+                k = n - self.start
+                open_ = min(1.0, k / self.ramp) if self.ramp > 0 else 1.0
                 r_max = 1.0 + (self.r_max - 1.0) * open_
                 d_max = self.d_max * open_
                 r = (torch.sqrt(var + self.eps) / run_std).clamp_(1.0 / r_max, r_max)
@@ -316,11 +325,11 @@ class BatchRenorm2d(nn.BatchNorm2d):
         )
 
 
-def _norm(norm: str, c: int) -> nn.Module:
+def _norm(norm: str, c: int, renorm_start: int = 0) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm2d(c)
     if norm == "renorm":
-        return BatchRenorm2d(c)
+        return BatchRenorm2d(c, start=renorm_start)
     if norm == "group":
         return nn.GroupNorm(max(1, c // 4), c)
     if norm == "none":
@@ -328,14 +337,14 @@ def _norm(norm: str, c: int) -> nn.Module:
     raise ValueError(f"norm must be 'batch', 'renorm', 'group' or 'none', got {norm!r}")
 
 
-def _block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+def _block(cin: int, cout: int, norm: str = "batch", renorm_start: int = 0) -> nn.Sequential:
     bias = norm == "none"
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
-        _norm(norm, cout),
+        _norm(norm, cout, renorm_start),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
-        _norm(norm, cout),
+        _norm(norm, cout, renorm_start),
         nn.ReLU(inplace=True),
     )
 
@@ -374,13 +383,13 @@ class FrontierNet(nn.Module):
         self.down = nn.ModuleList()
         prev = config.width + n_coarse
         for w in widths:
-            self.down.append(_block(prev, w, config.norm))
+            self.down.append(_block(prev, w, config.norm, config.renorm_start))
             prev = w
         self.up = nn.ModuleList()
         self.upconv = nn.ModuleList()
         for w in reversed(widths[:-1]):
             self.upconv.append(nn.ConvTranspose2d(prev, w, 2, stride=2))
-            self.up.append(_block(2 * w, w, config.norm))
+            self.up.append(_block(2 * w, w, config.norm, config.renorm_start))
             prev = w
         self.fuse = None
         if config.fuse == "mlp":
