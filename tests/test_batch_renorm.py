@@ -109,6 +109,10 @@ def test_renorm_start_reaches_every_layer_and_old_configs_load():
     old = ModelConfig(width=8, depth=1, norm="renorm").as_dict()
     del old["renorm_start"]  # written before the setting existed
     assert ModelConfig.from_dict(old).renorm_start == 0
+    with pytest.raises(ValueError, match="renorm_start"):
+        ModelConfig(norm="batch", renorm_start=500)  # would be silently ignored
+    with pytest.raises(ValueError, match="renorm_start"):
+        ModelConfig(norm="renorm", renorm_start=-1)
 
 
 def test_running_statistics_follow_the_momentum_like_batchnorm():

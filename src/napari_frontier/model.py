@@ -73,6 +73,10 @@ class ModelConfig:
             raise ValueError(f"fuse must be 'add' or 'mlp', got {self.fuse!r}")
         if self.pixel_features not in ("fine", "all"):
             raise ValueError(f"pixel_features must be 'fine' or 'all', got {self.pixel_features!r}")
+        if self.renorm_start < 0:
+            raise ValueError(f"renorm_start must be >= 0, got {self.renorm_start}")
+        if self.renorm_start and self.norm != "renorm":
+            raise ValueError(f"renorm_start applies to norm='renorm' only, not {self.norm!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -306,8 +310,9 @@ class BatchRenorm2d(nn.BatchNorm2d):
         self.num_batches_tracked.add_(1)
         factor = 1.0 / (n + 1) if self.momentum is None else self.momentum
         weight, bias = self.weight, self.bias
-        # the first batch has no running statistics to correct towards
-        if n > max(0, self.start):
+        # plain BatchNorm up to batch ``start`` (the first batch has no
+        # running statistics to correct towards in any case)
+        if n > self.start:
             with torch.no_grad():
                 var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
                 run_std = torch.sqrt(self.running_var + self.eps)
