@@ -108,10 +108,6 @@ class TrainConfig:
     #: (no horizon needed: training may run for any time), n counted from the
     #: start of training and from the last change of the strokes; 0 = constant.
     lr_decay_steps: float = 0.0
-    #: ... with n counted only after this many steps (the rate stays at
-    #: ``learning_rate`` until then): long runs slow down, short ones are
-    #: trained exactly as without a decay.
-    lr_decay_start: int = 0
     #: The weights that predict (the weight average, ``ema > 0``) are replaced
     #: at an update only if, with their recomputed statistics, they get the
     #: painted pixels of the first quarter of the statistics batches right at most
@@ -123,12 +119,6 @@ class TrainConfig:
     prediction_guard: float = 0.1
     update_interval: float = 0.25
     holdout_interval: float = 1.0
-
-    def __post_init__(self):
-        if self.lr_decay_start < 0:
-            raise ValueError(f"lr_decay_start must be >= 0, got {self.lr_decay_start}")
-        if self.lr_decay_start and self.lr_decay_steps <= 0:
-            raise ValueError("lr_decay_start applies only with lr_decay_steps > 0")
 
 
 @dataclass(frozen=True)
@@ -462,7 +452,7 @@ def train_steps(
                 )
             opt.zero_grad(set_to_none=True)
             if config.lr_decay_steps > 0:
-                n = max(0, state.step - lr_origin - config.lr_decay_start)
+                n = state.step - lr_origin
                 lr = config.learning_rate / math.sqrt(1 + n / config.lr_decay_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
