@@ -140,3 +140,63 @@ def test_scale_augmentation_resizes_image_and_targets_together():
     assert abs((tr == 0).sum() / inside.sum() - 0.25) < 0.02
     with pytest.raises(ValueError, match="scale"):
         PatchSampler([x], [t], 2, 48, np.random.default_rng(0), margin=8, scale=0.5)
+
+
+@pytest.mark.parametrize("margin", [0, 8])
+def test_focus_feedback_lands_on_the_cells_the_patch_came_from(margin):
+    """The running error of each patch is mapped back through its rotation and
+    flip: errors measured on one corner's class raise that corner's cells only."""
+    from napari_frontier.sampling import CELL, PatchSampler
+
+    h = w = 96
+    x = np.stack([np.zeros((h, w), np.float32), np.ones((h, w), np.float32)])
+    t = np.zeros((h, w), np.int64)  # every pixel painted
+    t[:40, :40] = 1  # class 1: the top-left corner only (not symmetric under rot90 / flip)
+    s = PatchSampler([x], [t], 2, 32, np.random.default_rng(0), margin=margin, focus=1.0)
+    d = s._difficulty[0]
+    d[:] = 0.5
+    for _ in range(50):
+        _, ts = s.sample(8, focus=True)
+        # the model is wrong on every class-1 pixel and right on every class-0 pixel
+        s.feedback((ts == 1).astype(np.float32), ts >= 0)
+    corner = d[: 40 // CELL, : 40 // CELL]  # cells wholly inside the class-1 corner
+    rest = d.copy()
+    rest[: -(-40 // CELL), : -(-40 // CELL)] = np.nan  # cells outside it
+    assert (corner > 0.9).all(), corner
+    assert np.nanmax(rest) < 0.5 and np.nanmin(rest) < 0.05
+
+
+def test_focused_patches_are_centred_where_the_model_is_wrong():
+    """With ``focus=1`` every centre of a class lies in its cells that are still
+    wrong; with ``focus=0`` the patches are exactly those drawn before."""
+    from napari_frontier.labels import IGNORE
+    from napari_frontier.sampling import CELL, PatchSampler
+
+    h = w = 128
+    x = np.stack([np.arange(h * w, dtype=np.float32).reshape(h, w), np.ones((h, w), np.float32)])
+    t = np.full((h, w), IGNORE, np.int64)
+    t[10:14, 8:120] = 0  # one long "is" stroke
+    t[100:104, 8:120] = 1  # one long "is not" stroke
+    s = PatchSampler([x], [t], 2, 16, np.random.default_rng(0), focus=1.0)
+    s._difficulty[0][:] = 0.0
+    hard = (10 // CELL, 96 // CELL)  # one cell of the "is" stroke is still wrong
+    s._difficulty[0][hard] = 1.0
+    centres = []
+    for _ in range(200):
+        s.sample(1, focus=True)
+        y0, x0 = s.last_origins[0][1:3]
+        centres.append((y0, x0))
+    ys, xs = np.array(centres).T
+    # patches of the "is" class cover the hard cell; the "is not" stroke has
+    # no error anywhere, so its patches fall back to uniform draws
+    # (the painted pixels of the hard cell: rows 10-13, columns 96-103)
+    near = (ys <= 13) & (ys + 16 > 10) & (xs <= 96 + CELL - 1) & (xs + 16 > 96)
+    top = ys < 64
+    assert near[top].all() and top.sum() > 50
+    assert np.ptp(xs[~top]) > 60
+    # focus 0: identical to a sampler without the setting
+    a = PatchSampler([x], [t], 2, 16, np.random.default_rng(3))
+    b = PatchSampler([x], [t], 2, 16, np.random.default_rng(3), focus=0.0)
+    xa, ta = a.sample(16)
+    xb, tb = b.sample(16, focus=True)
+    assert np.array_equal(xa, xb) and np.array_equal(ta, tb)

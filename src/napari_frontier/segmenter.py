@@ -289,7 +289,8 @@ class Segmenter:
         # training and held-out strokes: the same images, other targets
         sampler, holdout = (
             PatchSampler(xs, [u[j] for u in units], self.n_classes, tc.patch_size, rng,
-                         tc.context_margin, scale=tc.scale_augment)
+                         tc.context_margin, scale=tc.scale_augment,
+                         focus=tc.focus if j == 1 else 0.0)
             for j in (1, 2)
         )  # fmt: skip
         del units, checked, xs  # the samplers keep compact copies of what they need
