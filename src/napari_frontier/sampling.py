@@ -60,7 +60,8 @@ class PatchSampler:
         if not 0.0 <= focus <= 1.0:
             raise ValueError(f"focus must be in [0, 1], got {focus}")
         self.focus = float(focus)
-        self._difficulty = []  # per image: (H / CELL, W / CELL) running error of painted pixels
+        # per image, only with focus: (H / CELL, W / CELL) running error of painted pixels
+        self._difficulty = []
         self.last_origins = []  # per patch of the last focused batch: where it came from
         self.margin = int(margin)
         if scale < 0 or (scale and margin):
@@ -96,8 +97,9 @@ class PatchSampler:
             t = np.pad(t, pad, mode="constant", constant_values=IGNORE)
         self._images.append(x)
         self._targets.append(t)
-        hp, wp = t.shape
-        self._difficulty.append(np.ones((-(-hp // CELL), -(-wp // CELL)), dtype=np.float32))
+        if self.focus > 0:
+            hp, wp = t.shape
+            self._difficulty.append(np.ones((-(-hp // CELL), -(-wp // CELL)), dtype=np.float32))
         self._coords.append([np.argwhere(t == k) for k in range(self.n_classes)])
 
     def set_targets(self, index: int, t: np.ndarray) -> None:
@@ -112,7 +114,8 @@ class PatchSampler:
             )
         self._targets[index] = t
         self._coords[index] = [np.argwhere(t == k) for k in range(self.n_classes)]
-        self._difficulty[index][:] = 1.0  # new strokes: not yet known to be fitted
+        if self._difficulty:
+            self._difficulty[index][:] = 1.0  # new strokes: not yet known to be fitted
 
     def targets_of(self, index: int, rows: slice, cols: slice) -> np.ndarray:
         """A view of the targets of image ``index`` in a region (unpadded coordinates)."""
@@ -130,7 +133,9 @@ class PatchSampler:
         oy, ox = self._offset(index)
         r0, r1, c0, c1 = rows.start + oy, rows.stop + oy, cols.start + ox, cols.stop + ox
         self._targets[index][r0:r1, c0:c1] = t
-        self._difficulty[index][r0 // CELL : -(-r1 // CELL), c0 // CELL : -(-c1 // CELL)] = 1.0
+        if self._difficulty:
+            cells = self._difficulty[index]
+            cells[r0 // CELL : -(-r1 // CELL), c0 // CELL : -(-c1 // CELL)] = 1.0
         coords = self._coords[index]
         for k in range(self.n_classes):
             c = coords[k]
@@ -231,7 +236,8 @@ class PatchSampler:
                 x, t, turns, flip = _augment(x, t, rng)
             xs[b] = x
             ts[b] = t
-            origins.append((i, y0, x0, window, turns, flip))
+            if focus:
+                origins.append((i, y0, x0, window, turns, flip))
         if focus:
             self.last_origins = origins
         return xs, ts
