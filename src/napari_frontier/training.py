@@ -127,9 +127,6 @@ class TrainConfig:
     #: and 0.73 from 1400 to 3000 steps (the defaults: 0.59-0.66) and the
     #: 60-s mean is 0.805 against 0.816, so it is off by default.
     focus: float = 0.0
-    #: Focused draws (``focus``) only while the running accuracy on painted
-    #: pixels of the training batches is below this (1 = always). 0 = never.
-    focus_until: float = 1.0
     update_interval: float = 0.25
     holdout_interval: float = 1.0
 
@@ -441,11 +438,7 @@ def train_steps(
                 cw = class_balance_weights(
                     sampler.class_counts(), power=config.class_balance_power
                 ).to(device)
-            x, t = sampler.sample(
-                batch_size,
-                focus=config.focus_until >= 1
-                or (config.focus_until > 0 and not acc_avg >= config.focus_until),
-            )
+            x, t = sampler.sample(batch_size, focus=True)
             xb = torch.from_numpy(x).to(device, non_blocking=True)
             tb = torch.from_numpy(t).to(device, non_blocking=True)
             if device.type != "cpu":
