@@ -147,7 +147,9 @@ def run_rf(image, scribbles, truth, k, seed) -> dict:
     return {"iou": iou_of(pred, truth, k), "seconds": time.perf_counter() - t0}
 
 
-def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=None, model=None):
+def run_frontier(
+    image, scribbles, truth, k, seed, budgets, steps_mode, train=None, model=None, threads=1
+):
     """IoU after each budget (seconds of training, or steps) in one continuous run."""
     from napari_frontier.segmenter import Segmenter
     from napari_frontier.training import TrainConfig
@@ -161,7 +163,7 @@ def run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train=No
         # images whose IoU swings from step to step that alone moved
         # figures by up to 0.4.
         train.setdefault("update_interval", 0.0)
-    tc = TrainConfig(seed=seed, threads=1, **train)
+    tc = TrainConfig(seed=seed, threads=threads, **train)
     seg = Segmenter(n_classes=k, train_config=tc, model_config=model)
     todo = sorted(budgets)
     out, paused = {}, 0.0
@@ -205,10 +207,10 @@ def run_reference(image, scribbles, truth, k, seed, budgets, steps_mode):
 
 
 def task(args):
-    name, method, seed, budgets, steps_mode, train, model, case = args
+    name, method, seed, budgets, steps_mode, train, model, case, threads = args
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     image, scribbles, truth, k = case
     if method == "rf":
         return name, method, seed, run_rf(image, scribbles, truth, k, seed)
@@ -217,7 +219,9 @@ def task(args):
             name,
             method,
             seed,
-            run_frontier(image, scribbles, truth, k, seed, budgets, steps_mode, train, model),
+            run_frontier(
+                image, scribbles, truth, k, seed, budgets, steps_mode, train, model, threads
+            ),
         )
     if method == "reference":
         return (
@@ -307,7 +311,10 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=None, help="only these images")
     p.add_argument("--train", type=json.loads, default=None, help="TrainConfig overrides (JSON)")
     p.add_argument("--model", type=json.loads, default=None, help="ModelConfig overrides (JSON)")
-    p.add_argument("--jobs", type=int, default=1, help="processes (each one torch thread)")
+    p.add_argument("--jobs", type=int, default=1, help="processes")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process (network training)"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -320,7 +327,7 @@ def main() -> None:
     unit = "" if args.steps else "s"
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, "
-        f"load {os.getloadavg()[0]:.2f}, jobs {args.jobs} x 1 torch thread, seeds {args.seeds}, "
+        f"load {os.getloadavg()[0]:.2f}, jobs {args.jobs} x {args.threads} torch thread(s), seeds {args.seeds}, "
         f"budgets {budgets} {'steps' if args.steps else 's'}, train {args.train}, model {args.model}",
         flush=True,
     )
@@ -331,7 +338,9 @@ def main() -> None:
             if m == "reference" and args.reference_seeds:
                 seeds = args.reference_seeds
             for s in seeds:
-                tasks.append((name, m, s, budgets, args.steps, args.train, args.model, case))
+                tasks.append(
+                    (name, m, s, budgets, args.steps, args.train, args.model, case, args.threads)
+                )
     # longest first keeps the pool busy
     tasks.sort(key=lambda t: (t[1] == "rf", -t[7][0].size))
     results: dict = {n: {} for n in cases}
