@@ -125,7 +125,9 @@ class TrainConfig:
     #: steps): mean IoU 0.713 / 0.732 / 0.808 -> 0.711 / 0.764 / 0.821 and a
     #: CT lesion found by every seed, but an MRI seed swings between 0.27
     #: and 0.73 from 1400 to 3000 steps (the defaults: 0.59-0.66) and the
-    #: 60-s mean is 0.805 against 0.816, so it is off by default.
+    #: 60-s mean is 0.805 against 0.816, so it is off by default. At 0.1, or
+    #: only until the strokes are fitted, the trade stays (benchmarks/RESULTS.md,
+    #: thirteenth round).
     focus: float = 0.0
     update_interval: float = 0.25
     holdout_interval: float = 1.0
