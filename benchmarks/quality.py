@@ -13,6 +13,7 @@ Then per image: the median over seeds, the seed spread (max - min) and, at
 the end, the mean and the worst case over images, and the issue's targets.
 
     python benchmarks/quality.py --budgets 5 10 60 --seeds 0 1 2 --jobs 2 --json out.json
+    python benchmarks/quality.py --budgets 5 10 --jobs 1 --threads 2   # one user on 2 cores
     python benchmarks/quality.py --steps --budgets 50 150 400 --methods frontier   # load-independent
 
 Data: ``sample_data/`` (nuclei, textures), ``../shared/devset`` (``--devset``,
@@ -190,10 +191,8 @@ def run_frontier(
 
 
 def run_reference(image, scribbles, truth, k, seed, budgets, steps_mode):
-    import torch
     from reference import ReferenceTrainer
 
-    torch.set_num_threads(1)
     r = ReferenceTrainer(image, scribbles, k, seed)
     out, done = {}, 0.0
     for b in sorted(budgets):
@@ -313,7 +312,7 @@ def main() -> None:
     p.add_argument("--model", type=json.loads, default=None, help="ModelConfig overrides (JSON)")
     p.add_argument("--jobs", type=int, default=1, help="processes")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads per process (network training)"
+        "--threads", type=int, default=1, help="torch threads per process (the networks)"
     )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -327,7 +326,8 @@ def main() -> None:
     unit = "" if args.steps else "s"
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, "
-        f"load {os.getloadavg()[0]:.2f}, jobs {args.jobs} x {args.threads} torch thread(s), seeds {args.seeds}, "
+        f"load {os.getloadavg()[0]:.2f}, jobs {args.jobs} x {args.threads} torch thread(s), "
+        f"seeds {args.seeds}, "
         f"budgets {budgets} {'steps' if args.steps else 's'}, train {args.train}, model {args.model}",
         flush=True,
     )
