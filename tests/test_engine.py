@@ -195,3 +195,54 @@ def test_stem_on_all_scales_equals_the_product_on_upsampled_features(training):
     )
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert net.stem[0].in_channels == sum(t.shape[1] for _, t in groups) + 1
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_class_argmax_is_argmax_with_first_of_ties(k):
+    from napari_frontier.training import class_argmax
+
+    g = torch.Generator().manual_seed(k)
+    # coarse values so that many pixels tie between classes
+    logits = torch.randint(-2, 3, (3, k, 17, 19), generator=g).float()
+    assert torch.equal(class_argmax(logits), logits.argmax(1))
+    assert torch.equal(class_argmax(logits.bfloat16()), logits.bfloat16().argmax(1))
+
+
+def test_multi_tensor_updates_equal_the_per_tensor_ones(disk_image):
+    """AdamW's multi-tensor step and the weight average give exactly the per-tensor weights."""
+    from napari_frontier.segmenter import _WeightAverage
+
+    image, scribbles, _ = disk_image
+    runs = []
+    for foreach in (True, False):
+        seg = Segmenter(train_config=TrainConfig(seed=0, threads=1, update_interval=0.0))
+        seg._ensure_model(1)
+        seg._ensure_optimizer()
+        if not foreach:
+            for group in seg.optimizer.param_groups:
+                group["foreach"] = False
+        for _ in seg.training(image, scribbles, steps=5):
+            pass
+        runs.append(seg.model.state_dict())
+    for key, value in runs[0].items():
+        assert torch.equal(value, runs[1][key]), key
+
+    # the weight average against a per-tensor lerp of parameters and float buffers
+    model = seg.model
+    avg = _WeightAverage(model, 0.9)
+    before = {k: v.clone() for k, v in avg.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.mul_(2.0)
+    avg.update(model)
+    d = min(0.9, 1 / 10)
+    current = model.state_dict()
+    for key, value in avg.module.state_dict().items():
+        if value.is_floating_point():
+            expected = before[key].lerp(current[key], 1.0 - d)
+        else:
+            expected = current[key]
+        assert torch.equal(value, expected), key

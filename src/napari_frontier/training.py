@@ -219,6 +219,22 @@ class TrainState:
             pending(final)
 
 
+def class_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(1)`` for ``(N, K, H, W)`` logits, the first of equal maxima winning.
+
+    A running comparison over the K classes: the same result as
+    ``argmax(1)``, whose CPU kernel is ~100x slower on these shapes (~4.8 ms
+    for 4 x 2 x 96 x 96 on one thread, about a tenth of a training step).
+    """
+    best = logits[:, 0]
+    index = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for k in range(1, logits.shape[1]):
+        better = logits[:, k] > best
+        index = torch.where(better, k, index)
+        best = torch.maximum(best, logits[:, k])
+    return index
+
+
 def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
     if callable(sampler):  # test-then-train: accuracy on strokes before they trained
         return sampler()
@@ -233,7 +249,7 @@ def _holdout_accuracy(model, sampler, device, batch: int = 8) -> float | None:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        pred = model(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
+        pred = class_argmax(model(torch.from_numpy(x).to(device))).cpu().numpy()
     model.train(was_training)
     scored = t != IGNORE
     return float((pred[scored] == t[scored]).mean()) if scored.any() else None
@@ -317,7 +333,7 @@ def stroke_accuracy(
     try:
         for xb, t in _seeded_batches(sampler, seed, batches, batch_size, device):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pred = model(xb).argmax(1).cpu().numpy()
+                pred = class_argmax(model(xb)).cpu().numpy()
             scored = t != IGNORE
             right += int((pred[scored] == t[scored]).sum())
             painted += int(scored.sum())
@@ -492,7 +508,7 @@ def train_steps(
             continue
         with torch.no_grad():
             scored = tb != IGNORE
-            acc = (logits.argmax(1)[scored] == tb[scored]).float().mean().item()
+            acc = (class_argmax(logits)[scored] == tb[scored]).float().mean().item()
             if sampler.focus > 0 and sampler.last_origins:
                 p = torch.softmax(logits.float(), dim=1)
                 p_true = p.gather(1, torch.where(scored, tb, 0)[:, None])[:, 0]
