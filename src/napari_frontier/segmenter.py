@@ -691,22 +691,33 @@ class _WeightAverage:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        # (model, tensor lists) of the last update: the modules are walked once,
+        # not at every step (nothing moves or converts a model while it trains)
+        self._pairs = None
+
+    def _lists(self, model: torch.nn.Module):
+        if self._pairs is None or self._pairs[0] is not model:
+            floats, sources, ints = [], [], []
+            for be, b in zip(self.module.buffers(), model.buffers(), strict=True):
+                if be.is_floating_point():  # BatchNorm statistics follow the weights
+                    floats.append(be)
+                    sources.append(b)
+                else:
+                    ints.append((be, b))
+            params = list(model.parameters())
+            self._pairs = (model, list(self.module.parameters()), params, floats, sources, ints)
+        return self._pairs[1:]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         d = min(self.decay, (1 + self.n) / (10 + self.n))
         self.n += 1
-        ema = list(self.module.parameters())
-        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - d)
-        floats, sources = [], []
-        for be, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            if be.is_floating_point():  # BatchNorm statistics follow the weights
-                floats.append(be)
-                sources.append(b)
-            else:
-                be.copy_(b)
+        ema, params, floats, sources, ints = self._lists(model)
+        torch._foreach_lerp_(ema, params, 1.0 - d)
         if floats:
             torch._foreach_lerp_(floats, sources, 1.0 - d)
+        for be, b in ints:
+            be.copy_(b)
 
 
 def _first_line(exc: BaseException) -> str:
