@@ -246,3 +246,52 @@ def test_multi_tensor_updates_equal_the_per_tensor_ones(disk_image):
         else:
             expected = current[key]
         assert torch.equal(value, expected), key
+
+
+def test_filter_bank_shifted_sums_equal_the_grouped_convolution():
+    import torch.nn.functional as F
+
+    from napari_frontier.model import FilterBank
+
+    bank = FilterBank(2, (1.0, 2.0, 4.0), max_stride=4)
+    x = torch.randn(3, 2, 70, 61)
+    for i in range(len(bank.sigmas)):
+        taps = bank.taps(i, torch.float32)
+        k = torch.tensor(taps)
+        ref = F.conv2d(x, k.view(1, 1, -1, 1).expand(2, 1, -1, 1), groups=2)
+        ref = F.conv2d(ref, k.view(1, 1, 1, -1).expand(2, 1, 1, -1), groups=2)
+        torch.testing.assert_close(FilterBank._sep(x, taps), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(in_channels=1),
+        dict(in_channels=3, n_classes=4),
+        dict(in_channels=2, pixel_branch=False),
+        dict(in_channels=1, norm="none"),
+        dict(in_channels=1, context_stride=1),
+    ],
+)
+def test_prediction_in_strips_equals_the_whole_stem(cfg, monkeypatch):
+    """Without gradients the stem runs strip by strip: the same logits as with them."""
+    from napari_frontier.model import FrontierNet
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**cfg))
+    c = cfg["in_channels"] + 1
+    for _ in range(3):  # BatchNorm statistics that are not the initial ones
+        model(torch.randn(2, c, 96, 96))
+    model.eval()
+    x = torch.randn(1, c, 320, 256)
+    x[:, -1] = (torch.rand(320, 256) > 0.1).float()
+    whole = model(x)  # with gradients: the whole stem at once
+    monkeypatch.setattr(FrontierNet, "strip_rows", 16)
+    with torch.no_grad():
+        strips = model(x)
+    torch.testing.assert_close(strips, whole.detach(), rtol=1e-6, atol=1e-6)
+    # in training mode (statistics recomputed from the batch) nothing is split
+    model.train()
+    with torch.no_grad():
+        batch_stats = model(x)
+    torch.testing.assert_close(batch_stats, model(x).detach(), rtol=1e-6, atol=1e-6)

@@ -152,6 +152,14 @@ class FilterBank(nn.Module):
             eff = math.sqrt(max(s * s - (f * f - 1) / 12, 0.25)) / f
             g, _, _ = _gaussian_kernels(eff)
             self.register_buffer(f"k{i}", g[None], persistent=False)
+        self._taps: dict[tuple[int, torch.dtype], tuple[float, ...]] = {}
+
+    def taps(self, i: int, dtype: torch.dtype) -> tuple[float, ...]:
+        """Scale ``i``'s Gaussian taps in ``dtype``, as Python numbers (no device sync)."""
+        key = (i, dtype)
+        if key not in self._taps:
+            self._taps[key] = tuple(getattr(self, f"k{i}")[0].cpu().to(dtype).tolist())
+        return self._taps[key]
 
     @property
     def out_channels(self) -> int:
@@ -161,20 +169,33 @@ class FilterBank(nn.Module):
     def multiple(self) -> int:
         return max(self.strides)
 
-    def _sep(self, x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        y = F.conv2d(x, ky.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-        y = F.conv2d(y, kx.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return y
+    @staticmethod
+    def _sep(x: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
+        """Separable filter (valid part), as sums of shifted views.
 
-    def _scale(self, x: torch.Tensor, g: torch.Tensor, s: float) -> list[torch.Tensor]:
+        ~15x faster on CPUs than a grouped convolution with a 1-channel
+        kernel (27 ms against 1.8 ms for a 1322 x 1322 pass on 2 threads),
+        and the same sums in the same order.
+        """
+        n = len(taps)
+        h = x.shape[-2] - n + 1
+        y = x[..., 0:h, :] * taps[0]
+        for i in range(1, n):
+            y.add_(x[..., i : i + h, :], alpha=taps[i])
+        w = y.shape[-1] - n + 1
+        z = y[..., 0:w] * taps[0]
+        for i in range(1, n):
+            z.add_(y[..., i : i + w], alpha=taps[i])
+        return z
+
+    def _scale(self, x: torch.Tensor, g: tuple[float, ...], s: float) -> list[torch.Tensor]:
         h, w = x.shape[-2:]
-        r = g.numel() // 2 + 1
+        r = len(g) // 2 + 1
         mode = "reflect" if r < h and r < w else "replicate"
         # One separable Gaussian (with a 1-pixel margin); the derivatives are
         # finite differences of the smoothed image, ~6x cheaper than separable
         # derivative-of-Gaussian passes.
-        sm = self._sep(F.pad(x, (r, r, r, r), mode=mode), g, g)
+        sm = self._sep(F.pad(x, (r, r, r, r), mode=mode), g)
         c = sm[..., 1:-1, 1:-1]
         up, down = sm[..., :-2, 1:-1], sm[..., 2:, 1:-1]
         left, right = sm[..., 1:-1, :-2], sm[..., 1:-1, 2:]
@@ -200,8 +221,7 @@ class FilterBank(nn.Module):
         for i, (s, f) in enumerate(zip(self.sigmas, self.strides, strict=True)):
             if f not in pooled:
                 pooled[f] = F.avg_pool2d(x, f)
-            g = getattr(self, f"k{i}")[0].to(x.dtype)
-            level = self._scale(pooled[f], g, s / f)
+            level = self._scale(pooled[f], self.taps(i, x.dtype), s / f)
             if runs[-1][0] == f:
                 runs[-1][1].extend(level)
             else:
@@ -413,12 +433,69 @@ class FrontierNet(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    #: Rows of the full-resolution stem computed at once when nothing needs
+    #: gradients (prediction): the ``width``-channel stem of a whole tile is
+    #: never held, so it stays in cache and no large buffer is allocated
+    #: (fresh allocations of ~100 MB cost as much as the product itself).
+    strip_rows = 64
+
+    def _stem_strips(self, x0: torch.Tensor, validity: torch.Tensor, s: int):
+        """``(stem average-pooled by s, per-pixel logits)`` computed strip by strip."""
+        n, _, h, w = x0.shape
+        rows = max(s, self.strip_rows // s * s)
+        pooled = pixel = None
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            st = torch.relu_(
+                _pointwise([x0[:, :, r0:r1], validity[:, :, r0:r1]], self.stem[0], self.stem[1])
+            )
+            p = F.avg_pool2d(st, s) if s > 1 else st
+            if pooled is None:
+                pooled = st.new_empty((n, p.shape[1], h // s, w // s))
+            pooled[:, :, r0 // s : r1 // s] = p
+            if self.pixel is not None:
+                q = _pointwise([st], self.pixel)
+                if pixel is None:
+                    pixel = q.new_empty((n, q.shape[1], h, w))
+                pixel[:, :, r0:r1] = q
+        return pooled, pixel
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image, validity = x[:, :-1], x[:, -1:]
         groups = [(1, image)] if self.filters is None else self.filters.groups(image)
         s = self.config.context_stride
         # pixel_features="all": the coarser pyramid levels too
         levels = groups[1:] if self.config.pixel_features == "all" else []
+        # Strips only where every pixel is computed on its own: no gradients,
+        # and a stem normalisation with fixed statistics (not one recomputed
+        # from the batch, as when statistics are recalibrated).
+        if (
+            not torch.is_grad_enabled()
+            and not self.stem[1].training
+            and not levels
+            and self.fuse is None
+            and x.shape[-2] % s == 0
+            and x.shape[-1] % s == 0
+        ):
+            pooled, pixel = self._stem_strips(groups[0][1], validity, s)
+            h = pooled
+            if s > 1:
+                h = torch.cat(
+                    [pooled] + [t if f == s else F.avg_pool2d(t, s // f) for f, t in groups[1:]],
+                    dim=1,
+                )
+            skips = []
+            for i, block in enumerate(self.down):
+                if i:
+                    h = F.max_pool2d(h, 2)
+                h = block(h)
+                skips.append(h)
+            for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
+                h = block(torch.cat([upconv(h), skip], dim=1))
+            out = self.head(h)
+            if s > 1:
+                out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
+            return out if pixel is None else out.add_(pixel)
         stem = torch.relu_(
             _pointwise(
                 [torch.cat([groups[0][1], validity], dim=1)] + [t for _, t in levels],
