@@ -295,3 +295,26 @@ def test_prediction_in_strips_equals_the_whole_stem(cfg, monkeypatch):
     with torch.no_grad():
         batch_stats = model(x)
     torch.testing.assert_close(batch_stats, model(x).detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_flip_averaged_prediction_is_flip_equivariant_and_the_mean_of_flips(disk_image):
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=20)
+    flips = [(), (1,), (0,), (0, 1)]
+    plain = [
+        np.flip(
+            seg.predict(np.ascontiguousarray(np.flip(image, d))).probabilities, [a + 1 for a in d]
+        )
+        for d in flips
+    ]
+    seg.tta = True
+    tta = seg.predict(image).probabilities
+    np.testing.assert_allclose(tta, np.mean(plain, axis=0), atol=1e-5)
+    assert np.abs(tta - plain[0]).max() > 1e-3  # the flips do differ for this model
+    # a flipped image gets the flipped prediction
+    flipped = seg.predict(np.ascontiguousarray(image[::-1])).probabilities
+    np.testing.assert_allclose(flipped[:, ::-1], tta, atol=1e-5)
+    # the model that predicts is left as it was, and checkpoints hold its own weights
+    assert not seg.predict_model.model.training
+    assert set(seg.state_dict()["state_dict"]) == set(seg.model.state_dict())

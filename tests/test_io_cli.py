@@ -194,3 +194,43 @@ def test_cli_export_program_matches_model(tmp_path, trained):
     model = seg.predict_model.eval()  # the checkpoint holds the predicting weights
     with torch.no_grad():
         np.testing.assert_allclose(exported(x).numpy(), model(x).numpy(), atol=1e-4)
+
+
+def test_cli_predict_tta_equals_the_api_and_is_recorded(tmp_path, disk_image):
+    from napari_frontier.provenance import read_provenance
+
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=TrainConfig(seed=0, threads=1), model_config=dict(width=8))
+    seg.fit(image, scribbles, steps=20)
+    seg.save(tmp_path / "m.pt")
+    write_image(tmp_path / "img.tif", image)
+    args = ["predict", str(tmp_path / "m.pt"), str(tmp_path / "img.tif"), "-q"]
+    assert (
+        cli.main(
+            [
+                *args,
+                "-o",
+                str(tmp_path / "a.tif"),
+                "--probabilities",
+                str(tmp_path / "pa.tif"),
+                "--tta",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [*args, "-o", str(tmp_path / "b.tif"), "--probabilities", str(tmp_path / "pb.tif")]
+        )
+        == 0
+    )
+    seg.tta = True
+    np.testing.assert_allclose(
+        read_image(tmp_path / "pa.tif"), seg.predict(image).probabilities, atol=1e-5
+    )
+    seg.tta = False
+    np.testing.assert_allclose(
+        read_image(tmp_path / "pb.tif"), seg.predict(image).probabilities, atol=1e-5
+    )
+    assert read_provenance(tmp_path / "a.tif")["options"]["tta"] == "flips"
+    assert "tta" not in read_provenance(tmp_path / "b.tif")["options"]

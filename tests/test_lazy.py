@@ -264,3 +264,19 @@ def test_local_cluster_gives_the_single_process_result(
         read_image(tmp_path / "one.tif"), read_image(tmp_path / "many.tif")
     )
     assert os.path.exists(tmp_path / "many.tif")
+
+
+def test_model_ref_carries_flip_averaging_to_other_processes(disk_image):
+    import pickle
+
+    from napari_frontier.lazy import ModelRef
+    from napari_frontier.model import FlipAverage
+
+    image, scribbles, _ = disk_image
+    seg = Segmenter(train_config=TrainConfig(seed=0, threads=1), model_config=dict(width=8))
+    seg.fit(image, scribbles, steps=5)
+    seg.tta = True
+    here = ModelRef(seg).get()
+    remote = pickle.loads(pickle.dumps(ModelRef(seg))).get()  # as a dask worker loads it
+    for s in (here, remote):
+        assert isinstance(s.model, FlipAverage) and not s.tta  # the flips are applied once

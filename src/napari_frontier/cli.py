@@ -173,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
         default="geojson",
         help="file type of the frontier files in a --frontier folder (default geojson)",
     )
+    q.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the predictions of the four flips of each tile (4x the time; "
+        "helps most where the network is unsure, see the README)",
+    )
     q.add_argument("--tile", type=int, default=1024, help="tile side for sliding-window prediction")
     q.add_argument(
         "--block",
@@ -474,6 +480,7 @@ def _predict(args) -> int:
         seg.channel_axis = args.channel_axis
     if args.channels is not None:
         seg.channels = tuple(args.channels)
+    seg.tta = args.tta
     items = plan_batch(
         args.image,
         args.output,

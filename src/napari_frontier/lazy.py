@@ -65,9 +65,11 @@ class ModelRef:
         live.model = copy.deepcopy(segmenter.predict_model).eval()
         live._ema = None  # the copy above already holds the predicting weights
         live.optimizer = None
+        live.tta = False  # ... and the flips, when test-time augmentation is on
         self._live = live
         self.device = device
         self.threads = threads
+        self.tta = bool(getattr(segmenter, "tta", False))
         payload = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -112,6 +114,10 @@ class ModelRef:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         seg.model.eval()
+        if getattr(self, "tta", False):
+            from .model import FlipAverage
+
+            seg.model = FlipAverage(seg.model)
         return seg
 
 

@@ -25,7 +25,7 @@ from .labels import (
     to_targets,
     validate_scribbles,
 )
-from .model import ModelConfig, build_model
+from .model import FlipAverage, ModelConfig, build_model
 from .nd import (
     Layout,
     NormalisedSlice,
@@ -83,6 +83,11 @@ class Segmenter:
         :class:`TrainConfig`; defaults come from the benchmarks.
     model_config
         Keyword overrides for :class:`ModelConfig` (``width``, ``depth``, ...).
+    tta
+        Test-time augmentation: predictions average the four flips of each
+        tile (:class:`~napari_frontier.model.FlipAverage`), four times the
+        work. Off by default (live overlays stay fast); an attribute, so it
+        can be switched on for a final export.
 
     Examples
     --------
@@ -100,6 +105,7 @@ class Segmenter:
         train_config: TrainConfig | None = None,
         model_config: dict | None = None,
         channels: Sequence[int] | None = None,
+        tta: bool = False,
     ):
         if n_classes < 2:
             raise ValueError("n_classes must be at least 2")
@@ -112,6 +118,7 @@ class Segmenter:
         self.channel_axis = channel_axis
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.nodata = nodata
+        self.tta = bool(tta)
         self.train_config = train_config or TrainConfig()
         self._model_overrides = dict(model_config or {})
         self.model: torch.nn.Module | None = None
@@ -205,7 +212,10 @@ class Segmenter:
         """
         if self._state is not None:
             self._state.calibrate()
-        return self._ema.module if self._ema is not None else self.model
+        module = self._ema.module if self._ema is not None else self.model
+        if self.tta and module is not None:
+            return FlipAverage(module)
+        return module
 
     def reset(self) -> None:
         """Forget the learned weights (the next training starts fresh)."""
@@ -571,7 +581,10 @@ class Segmenter:
             if state.good_shadows:  # the weights that predict (e.g. a weight average)
                 weights = state.good_shadows[0]
         else:
-            weights = self.predict_model.state_dict()
+            module = self.predict_model
+            if isinstance(module, FlipAverage):
+                module = module.model
+            weights = module.state_dict()
         return {
             "state_dict": {k: v.detach().cpu().clone() for k, v in weights.items()},
             "model_config": self.model.config.as_dict(),
