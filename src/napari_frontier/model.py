@@ -469,6 +469,7 @@ class FrontierNet(nn.Module):
         # Strips only where every pixel is computed on its own: no gradients,
         # and a stem normalisation with fixed statistics (not one recomputed
         # from the batch, as when statistics are recalibrated).
+        stem = pixel = None
         if (
             not torch.is_grad_enabled()
             and not self.stem[1].training
@@ -478,37 +479,20 @@ class FrontierNet(nn.Module):
             and x.shape[-1] % s == 0
         ):
             pooled, pixel = self._stem_strips(groups[0][1], validity, s)
-            h = pooled
-            if s > 1:
-                h = torch.cat(
-                    [pooled] + [t if f == s else F.avg_pool2d(t, s // f) for f, t in groups[1:]],
-                    dim=1,
+        else:
+            stem = torch.relu_(
+                _pointwise(
+                    [torch.cat([groups[0][1], validity], dim=1)] + [t for _, t in levels],
+                    self.stem[0],
+                    self.stem[1],
+                    strides=[1] + [f for f, _ in levels],
                 )
-            skips = []
-            for i, block in enumerate(self.down):
-                if i:
-                    h = F.max_pool2d(h, 2)
-                h = block(h)
-                skips.append(h)
-            for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
-                h = block(torch.cat([upconv(h), skip], dim=1))
-            out = self.head(h)
-            if s > 1:
-                out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
-            return out if pixel is None else out.add_(pixel)
-        stem = torch.relu_(
-            _pointwise(
-                [torch.cat([groups[0][1], validity], dim=1)] + [t for _, t in levels],
-                self.stem[0],
-                self.stem[1],
-                strides=[1] + [f for f, _ in levels],
             )
-        )
-        h = stem
+            pooled = F.avg_pool2d(stem, s) if s > 1 else stem
+        h = pooled
         if s > 1:
             h = torch.cat(
-                [F.avg_pool2d(stem, s)]
-                + [t if f == s else F.avg_pool2d(t, s // f) for f, t in groups[1:]],
+                [pooled] + [t if f == s else F.avg_pool2d(t, s // f) for f, t in groups[1:]],
                 dim=1,
             )
         skips = []
@@ -528,7 +512,7 @@ class FrontierNet(nn.Module):
         if s > 1:
             out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
         if self.pixel is not None:
-            out = out.add_(_pointwise([stem], self.pixel))
+            out = out.add_(pixel if pixel is not None else _pointwise([stem], self.pixel))
         return out
 
 
