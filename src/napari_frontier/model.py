@@ -64,8 +64,6 @@ class ModelConfig:
     # them; done as a 1x1 product at each pyramid level and one upsampling
     # of its ``width`` outputs, which equals the product on upsampled features).
     pixel_features: str = "fine"
-    # prototype: channel dropout on the context features before the head
-    dropout: float = 0.0
 
     def __post_init__(self):
         s = self.context_stride
@@ -425,7 +423,6 @@ class FrontierNet(nn.Module):
             self.fuse = nn.Conv2d(2 * config.width, config.width, 1)
             self.pixel = nn.Conv2d(config.width, config.n_classes, 1)
             return
-        self.drop = nn.Dropout2d(config.dropout) if config.dropout > 0 else None
         self.head = nn.Conv2d(prev, config.n_classes, 1)
         self.pixel = None
         if config.pixel_branch:
@@ -506,8 +503,6 @@ class FrontierNet(nn.Module):
             skips.append(h)
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
             h = block(torch.cat([upconv(h), skip], dim=1))
-        if self.drop is not None:
-            h = self.drop(h)
         out = self.head(h)
         if self.fuse is not None:
             if s > 1:

@@ -296,9 +296,6 @@ def recalibrate_batchnorm(
     saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in norms]
     was_training = model.training
     model.train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout2d):
-            m.eval()
     try:
         for bn in norms:
             bn.reset_running_stats()
