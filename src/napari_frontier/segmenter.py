@@ -210,12 +210,16 @@ class Segmenter:
         Called from the training thread between updates, it first brings the
         BatchNorm statistics up to date with the current weights.
         """
-        if self._state is not None:
-            self._state.calibrate()
-        module = self._ema.module if self._ema is not None else self.model
+        module = self._predicting_weights()
         if self.tta and module is not None:
             return FlipAverage(module)
         return module
+
+    def _predicting_weights(self) -> torch.nn.Module | None:
+        """The weight average (or the model), statistics brought up to date; never wrapped."""
+        if self._state is not None:
+            self._state.calibrate()
+        return self._ema.module if self._ema is not None else self.model
 
     def reset(self) -> None:
         """Forget the learned weights (the next training starts fresh)."""
@@ -581,10 +585,7 @@ class Segmenter:
             if state.good_shadows:  # the weights that predict (e.g. a weight average)
                 weights = state.good_shadows[0]
         else:
-            module = self.predict_model
-            if isinstance(module, FlipAverage):
-                module = module.model
-            weights = module.state_dict()
+            weights = self._predicting_weights().state_dict()
         return {
             "state_dict": {k: v.detach().cpu().clone() for k, v in weights.items()},
             "model_config": self.model.config.as_dict(),
