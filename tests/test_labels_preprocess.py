@@ -142,6 +142,35 @@ def test_scale_augmentation_resizes_image_and_targets_together():
         PatchSampler([x], [t], 2, 48, np.random.default_rng(0), margin=8, scale=0.5)
 
 
+@pytest.mark.parametrize("jitter", [0.0, 1.0])
+def test_intensity_jitter_keeps_the_colour_that_tells_classes_apart(jitter):
+    """Two classes of the same brightness that differ only in hue: whatever the
+    brightness / contrast jitter does to a patch, channel 0 stays above channel 1
+    on "is" and below it on "is not" (drawn per channel, a shift of 0.1 could
+    swap them); without jitter the patch keeps its values (up to mild noise)."""
+    from napari_frontier.labels import IGNORE
+    from napari_frontier.sampling import PatchSampler
+
+    h, w = 64, 64
+    t = np.zeros((h, w), np.int64)
+    t[:, w // 2 :] = 1
+    colours = np.array([[0.6, 0.4, 0.5], [0.4, 0.6, 0.5]], np.float32)  # class -> RGB
+    x = np.concatenate([colours[t].transpose(2, 0, 1), np.ones((1, h, w), np.float32)])
+    s = PatchSampler([x], [t], 2, 16, np.random.default_rng(0), jitter=jitter)
+    xs, ts = s.sample(200)
+    assert np.all(xs[:, -1] == 1.0), "the validity channel is never jittered"
+    scored = ts != IGNORE
+    diff = (xs[:, 0] - xs[:, 1])[scored]
+    assert np.all((diff > 0) == (ts[scored] == 0))
+    means = xs[:, 2].mean(axis=(1, 2))  # the neutral channel: 0.5 before jitter
+    if jitter:
+        assert means.std() > 0.03 and means.max() - means.min() > 0.1
+    else:
+        assert np.abs(xs[:, :3] - colours[ts.clip(0)].transpose(0, 3, 1, 2)).max() < 0.15
+    with pytest.raises(ValueError, match="jitter"):
+        PatchSampler([x], [t], 2, 16, np.random.default_rng(0), jitter=-1.0)
+
+
 @pytest.mark.parametrize("margin", [0, 8])
 def test_focus_feedback_lands_on_the_cells_the_patch_came_from(margin):
     """The running error of each patch is mapped back through its rotation and

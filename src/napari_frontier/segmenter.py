@@ -309,7 +309,7 @@ class Segmenter:
         sampler, holdout = (
             PatchSampler(xs, [u[j] for u in units], self.n_classes, tc.patch_size, rng,
                          tc.context_margin, scale=tc.scale_augment,
-                         focus=tc.focus if j == 1 else 0.0)
+                         focus=tc.focus if j == 1 else 0.0, jitter=tc.intensity_jitter)
             for j in (1, 2)
         )  # fmt: skip
         del units, checked, xs  # the samplers keep compact copies of what they need

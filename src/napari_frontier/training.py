@@ -42,6 +42,15 @@ class TrainConfig:
     #: uniform in [-scale_augment, scale_augment], and resized to the patch
     #: (bilinear image, nearest targets); 0 = off. Only without a context margin.
     scale_augment: float = 0.0
+    #: Brightness / contrast jitter of training patches, the same for every
+    #: channel (colours keep their hue): a gain uniform in [1.25 ** -j,
+    #: 1.25 ** j] and a shift uniform in [-0.1 j, 0.1 j] of the normalised
+    #: range, j = intensity_jitter; 0 = off. Measured: drawn per channel, as
+    #: before, it shifted the hue of colour photos, and a 4-class food photo
+    #: kept 15 % of its painted pixels wrong after 1500 steps (IoU 0.86 ->
+    #: 0.92 the same for every channel); off, single-channel images lost
+    #: (nuclei -0.09 IoU, a CT lesion never found).
+    intensity_jitter: float = 1.0
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     class_balance: bool = True
