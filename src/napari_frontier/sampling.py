@@ -43,6 +43,9 @@ class PatchSampler:
         ``2 ** u`` times its side (u uniform in ``[-scale, scale]``, at most
         the image) and resized to the patch side, bilinear for the image
         and nearest for targets, so objects are seen at other sizes.
+    jitter
+        Amplitude of the brightness / contrast jitter of augmented patches,
+        the same for every channel (see :func:`_augment`; 0 = none).
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class PatchSampler:
         margin: int = 0,
         scale: float = 0.0,
         focus: float = 0.0,
-        jitter: float = 0.0,
+        jitter: float = 1.0,
     ):
         self.n_classes = n_classes
         if not 0.0 <= focus <= 1.0:
