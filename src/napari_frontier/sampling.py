@@ -299,7 +299,7 @@ def _resized(x: np.ndarray, t: np.ndarray, size: int) -> tuple[np.ndarray, np.nd
     return xr, tr
 
 
-def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: float = 0.0):
+def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: float = 1.0):
     """Random rot90 / flip and intensity jitter: ``(x, t, quarter turns, flipped)``.
 
     ``jitter`` scales a brightness / contrast change that is the same for
@@ -319,7 +319,7 @@ def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: flo
     # Image channels only, never the validity channel. Measured: the same
     # jitter drawn per channel shifted the hue of colour photos and kept the
     # network from fitting their strokes (85 % of painted pixels right after
-    # 1500 steps on a 4-class food photo, IoU 0.86; without it 0.93).
+    # 1500 steps on a 4-class food photo, IoU 0.86; drawn once, 0.92).
     img = x[:-1]
     r, q = rng.random(2)
     if jitter:
