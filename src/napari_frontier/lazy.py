@@ -69,7 +69,7 @@ class ModelRef:
         self._live = live
         self.device = device
         self.threads = threads
-        self.tta = bool(getattr(segmenter, "tta", False))
+        self.tta = segmenter.tta
         payload = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -114,7 +114,7 @@ class ModelRef:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         seg.model.eval()
-        if getattr(self, "tta", False):
+        if self.tta:
             from .model import FlipAverage
 
             seg.model = FlipAverage(seg.model)

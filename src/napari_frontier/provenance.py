@@ -112,7 +112,7 @@ def prediction_options(seg, format: str) -> dict:
         "class_names": list(seg.class_names),
         "channel_axis": seg.channel_axis,
         "channels": None if seg.channels is None else list(seg.channels),
-    } | ({"tta": "flips"} if getattr(seg, "tta", False) else {})
+    } | ({"tta": "flips"} if seg.tta else {})
 
 
 def make_provenance(source, model: str, options: dict) -> dict:
