@@ -117,7 +117,43 @@ def synthetic_cases() -> dict:
         simulate_scribbles(truth, rng=7, object_fraction=0.4, max_objects=12, margin=3, width=3),
         truth,
     )
+    out["hue_blobs"] = hue_blobs()
     return out
+
+
+def hue_blobs(n: int = 384, seed: int = 21):
+    """Colour composite: two classes told apart by hue alone.
+
+    Both classes share one grey texture (smoothed noise) and one brightness;
+    inside the blobs the colour leans red, outside it leans blue-green, by
+    less than the texture varies. A smooth illumination falls across the
+    image (the same gain on every channel), plus pixel noise per channel. No
+    brightness rule separates the classes; a model that keeps colours does.
+    """
+    from scipy.ndimage import gaussian_filter
+    from skimage.data import binary_blobs
+
+    from napari_frontier.scribbles import simulate_scribbles
+
+    r = np.random.default_rng(seed)
+    truth = binary_blobs(length=n, blob_size_fraction=0.1, volume_fraction=0.35, rng=seed)
+    texture = gaussian_filter(r.normal(0, 1, (n, n)), 2.0)
+    texture = 0.5 + 0.15 * texture / texture.std()
+    chroma = np.where(truth, 1.0, -1.0)[..., None] * np.array([0.06, -0.03, -0.03])
+    yy, xx = np.mgrid[:n, :n] / n
+    light = (0.65 + 0.5 * xx + 0.15 * np.sin(3 * yy))[..., None]
+    image = light * (texture[..., None] + chroma) + r.normal(0, 0.03, (n, n, 3))
+    image = np.clip(image * 255, 0, 255).astype(np.uint8)
+    scr = simulate_scribbles(
+        truth,
+        rng=seed,
+        object_fraction=0.4,
+        max_objects=8,
+        background_strokes=12,
+        margin=4,
+        width=3,
+    )
+    return image, scr, truth
 
 
 def iou_of(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
