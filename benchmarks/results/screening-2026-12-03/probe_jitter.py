@@ -1,5 +1,12 @@
-# benchmarks/quality.py with the patch jitter split: gain amplitude GAIN, shift amplitude SHIFT (1 = defaults)
-import os, sys
+"""benchmarks/quality.py with the patch jitter patched (a probe, run from the project root).
+
+GAIN, SHIFT: amplitudes of the gain and of the shift (1 = the defaults);
+PERCH=1: drawn per channel, as before 0f25292.
+"""
+
+import os
+import sys
+
 import numpy as np
 
 sys.path.insert(0, "benchmarks")
@@ -39,7 +46,7 @@ def _augment(x, t, rng, jitter=1.0):
 
 
 s._augment = _augment
-import quality
+import quality  # noqa: E402
 
-sys.argv = ["quality.py"] + sys.argv[1:]
+sys.argv = ["quality.py", *sys.argv[1:]]
 quality.main()
