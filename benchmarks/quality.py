@@ -88,7 +88,7 @@ def load_cases(devset: Path | None, sparse: bool, synthetic: bool, samples: bool
 
 
 def synthetic_cases() -> dict:
-    """Composites: one texture inside random blobs, another outside (and a noisy-edge case)."""
+    """Composites: one texture inside random blobs, another outside; a noisy-edge case; a colour case."""
     from skimage import data as skdata
     from skimage.data import binary_blobs
 
