@@ -1,7 +1,8 @@
 """benchmarks/quality.py with the patch jitter patched (a probe, run from the project root).
 
 GAIN, SHIFT: amplitudes of the gain and of the shift (1 = the defaults);
-PERCH=1: drawn per channel, as before 0f25292.
+PERCH=1: drawn per channel, as before 0f25292;
+SHIFT_P: the shift applied to this share of patches only (1 = every patch).
 """
 
 import os
@@ -15,6 +16,7 @@ import napari_frontier.sampling as s
 GAIN = float(os.environ.get("GAIN", "1"))
 SHIFT = float(os.environ.get("SHIFT", "1"))
 PERCH = bool(int(os.environ.get("PERCH", "0")))
+SHIFT_P = float(os.environ.get("SHIFT_P", "1"))
 
 
 def _augment(x, t, rng, jitter=1.0):
@@ -33,6 +35,8 @@ def _augment(x, t, rng, jitter=1.0):
         g = GAIN * jitter
         lo, hi = 1.25**-g, 1.25**g
         sh = SHIFT * jitter
+        if SHIFT_P < 1 and rng.random() >= SHIFT_P:
+            sh = 0.0
         if PERCH:  # the jitter of before 0f25292: drawn per channel
             for c in range(img.shape[0]):
                 img[c] *= np.float32(lo + (hi - lo) * rng.random())
