@@ -58,7 +58,7 @@ def main() -> None:
             print(
                 f"step {upd.step:6d}  IoU {iou_of(labels, truth, k):.3f}  "
                 f"training accuracy {upd.train_accuracy:.3f}  prediction right on strokes "
-                f"{on_strokes:.3f}  class shares {share}  held back {seg._state.held_back}",
+                f"{on_strokes:.3f}  class shares {share}  held back {seg._trainer.held_back}",
                 flush=True,
             )
             if upd.done:

@@ -218,7 +218,7 @@ def run_frontier(
             while todo and at >= todo[0]:
                 out[todo.pop(0)] = {"iou": iou, "step": upd.step, "seconds": upd.elapsed - paused}
             # updates at which the prediction guard kept the last weights that passed
-            out["held_back"] = seg._state.held_back
+            out["held_back"] = seg._trainer.held_back
             if not todo:
                 break
     finally:

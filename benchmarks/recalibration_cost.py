@@ -45,9 +45,9 @@ def live_steps_per_second(image, scribbles, seconds: float, **kw) -> tuple[float
     gen = seg.training(image, scribbles, seconds=seconds)
     rate, updates, held = 0.0, 0, 0
     for upd in gen:
-        seg.predict_model  # noqa: B018 (recomputes statistics, runs the guard)
+        seg.model_for_prediction()  # recomputes statistics, runs the guard
         rate, updates = upd.steps_per_second, updates + 1
-        held = seg._state.held_back
+        held = seg._trainer.held_back
     return rate, updates, held
 
 

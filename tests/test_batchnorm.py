@@ -8,7 +8,8 @@ from napari_frontier.model import ModelConfig, build_model
 from napari_frontier.preprocess import prepare
 from napari_frontier.sampling import PatchSampler
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig, recalibrate_batchnorm
+from napari_frontier.trainer import recalibrate_batchnorm
+from napari_frontier.training import TrainConfig
 
 
 def _sampler(disk_image, seed=0, patch=32):
@@ -100,24 +101,25 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
     disk_image, monkeypatch
 ):
     """Updates without a prediction cost no recalibration; a prediction gets fresh statistics."""
-    import napari_frontier.training as training
+    import napari_frontier.trainer as trainer_module
 
     calls = []
-    real = training.recalibrate_batchnorm
+    real = trainer_module.recalibrate_batchnorm
 
     def counted(model, *args, **kwargs):
         calls.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(training, "recalibrate_batchnorm", counted)
+    monkeypatch.setattr(trainer_module, "recalibrate_batchnorm", counted)
     # updates after every step (update_interval=0): many updates, nothing predicts
     seg, gen, updates = _training_at(disk_image, 20, steps=30)
     assert [u.step for u in updates] == list(range(1, 21))
     assert calls == []  # twenty updates, no prediction: no recalibration yet
+    assert seg.predict_model is not None and calls == []  # reading the property does no work
     # a prediction at this update recomputes the statistics once, for these weights
-    average = seg.predict_model
+    average = seg.model_for_prediction()
     assert calls == [average]
-    assert seg.predict_model is average and len(calls) == 1  # not again at the same update
+    assert seg.model_for_prediction() is average and len(calls) == 1  # not again at the same update
     got = _assert_recomputed(average, disk_image, 16)
     # a checkpoint written now holds these statistics
     saved = seg.state_dict()["state_dict"]
@@ -130,48 +132,50 @@ def test_stopping_at_an_update_leaves_recalibrated_statistics(disk_image):
     """A run closed mid-way (Stop, Ctrl-C) predicts with statistics of its final weights."""
     seg, gen, _ = _training_at(disk_image, 12)
     gen.close()
-    average = seg.predict_model
+    average = seg.model_for_prediction()
     _assert_recomputed(average, disk_image, 32)
 
 
 def test_statistics_move_only_with_the_weights(disk_image):
     """Recomputed twice for the same weights, the statistics are the same (same patches)."""
     seg, gen, _ = _training_at(disk_image, 10)
-    first = _statistics(seg.predict_model)
-    seg._state.pending_calibration = seg._state._final_calibration  # as at the next update
-    again = _statistics(seg.predict_model)
+    first = _statistics(seg.model_for_prediction())
+    seg._trainer.recalibrate()  # again, for the same weights
+    again = _statistics(seg.model_for_prediction())
     for k in first:
         torch.testing.assert_close(first[k], again[k])
     gen.close()
     # with new patches each time (the former rule) they differ
     seg, gen, _ = _training_at(disk_image, 10, bn_recalibration_seed=None)
-    first = _statistics(seg.predict_model)
+    first = _statistics(seg.model_for_prediction())
     next(gen)  # one more step: new patches, and (slightly) new weights
-    again = _statistics(seg.predict_model)
+    again = _statistics(seg.model_for_prediction())
     assert any(not torch.equal(first[k], again[k]) for k in first)
     gen.close()
 
 
 def test_a_weight_average_that_misses_its_strokes_never_predicts(disk_image, monkeypatch):
-    from napari_frontier import training
+    import napari_frontier.trainer as trainer_module
 
     def params(module) -> dict:
         return {k: v.clone() for k, v in module.state_dict().items()}
 
     guarded, gen, _ = _training_at(disk_image, 4)
     plain, gen_plain, _ = _training_at(disk_image, 4, prediction_guard=0.0)
-    passed = params(guarded.predict_model)  # statistics recomputed; the guard lets it through
-    plain.predict_model  # noqa: B018 (the same calibrations in both runs)
+    passed = params(
+        guarded.model_for_prediction()
+    )  # statistics recomputed; the guard lets it through
+    plain.model_for_prediction()  # the same calibrations in both runs
     # from now on the average gets no painted pixel right in eval mode
-    monkeypatch.setattr(training, "stroke_accuracy", lambda *a, **k: 0.0)
+    monkeypatch.setattr(trainer_module, "stroke_accuracy", lambda *a, **k: 0.0)
     for _ in range(3):
         upd, _ = next(gen), next(gen_plain)
         assert upd.message == "" or "previous prediction" in upd.message
-        held = params(guarded.predict_model)
-        plain.predict_model  # noqa: B018
+        held = params(guarded.model_for_prediction())
+        plain.model_for_prediction()
         for k, v in passed.items():  # the weights that passed keep predicting
             assert torch.equal(held[k], v), k
-    assert guarded._state.held_back == 3 and plain._state.held_back == 0
+    assert guarded._trainer.held_back == 3 and plain._trainer.held_back == 0
     # ... and checkpoints are written from them
     for k, v in guarded.state_dict()["state_dict"].items():
         assert torch.equal(v, passed[k]), k
@@ -190,6 +194,6 @@ def test_a_weight_average_that_misses_its_strokes_never_predicts(disk_image, mon
 def test_a_trained_average_passes_the_guard(disk_image):
     seg, gen, seen = _training_at(disk_image, 40)
     assert seen[-1].train_accuracy > 0.9
-    seg.predict_model  # noqa: B018
-    assert seg._state.held_back == 0
+    seg.model_for_prediction()
+    assert seg._trainer.held_back == 0
     gen.close()

@@ -199,7 +199,7 @@ def test_stem_on_all_scales_equals_the_product_on_upsampled_features(training):
 
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_class_argmax_is_argmax_with_first_of_ties(k):
-    from napari_frontier.training import class_argmax
+    from napari_frontier.trainer import class_argmax
 
     g = torch.Generator().manual_seed(k)
     # coarse values so that many pixels tie between classes
@@ -210,7 +210,7 @@ def test_class_argmax_is_argmax_with_first_of_ties(k):
 
 def test_multi_tensor_updates_equal_the_per_tensor_ones(disk_image):
     """AdamW's multi-tensor step and the weight average give exactly the per-tensor weights."""
-    from napari_frontier.segmenter import _WeightAverage
+    from napari_frontier.trainer import WeightAverage
 
     image, scribbles, _ = disk_image
     runs = []
@@ -229,7 +229,7 @@ def test_multi_tensor_updates_equal_the_per_tensor_ones(disk_image):
 
     # the weight average against a per-tensor lerp of parameters and float buffers
     model = seg.model
-    avg = _WeightAverage(model, 0.9)
+    avg = WeightAverage(model, 0.9)
     before = {k: v.clone() for k, v in avg.module.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():

@@ -144,7 +144,7 @@ def _fresh(disk_image, **tc):
 
 def _weights(seg):
     """The weights that predict (a weight average where the segmenter keeps one)."""
-    model = getattr(seg, "predict_model", None) or seg.model
+    model = seg.model_for_prediction()
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -234,19 +234,19 @@ def test_out_of_memory_then_smaller_patches_then_gives_up(disk_image):
 
 
 def test_cli_diverged_training_keeps_last_good_weights(tmp_path, capsys, disk_image, monkeypatch):
-    import napari_frontier.training as training
+    import napari_frontier.trainer as trainer_module
 
     image, scribbles, _ = disk_image
     np.save(tmp_path / "i.npy", image)
     np.save(tmp_path / "s.npy", scribbles)
-    real, calls = training.masked_cross_entropy, []
+    real, calls = trainer_module.masked_cross_entropy, []
 
     def nan_after_five(*a, **k):
         calls.append(1)
         loss = real(*a, **k)
         return loss * float("nan") if len(calls) > 5 else loss
 
-    monkeypatch.setattr(training, "masked_cross_entropy", nan_after_five)
+    monkeypatch.setattr(trainer_module, "masked_cross_entropy", nan_after_five)
     argv = ["train", str(tmp_path / "i.npy"), "-s", str(tmp_path / "s.npy")]
     argv += ["-o", str(tmp_path / "m.pt"), "--steps", "20", "--width", "8", "--depth", "1", "-q"]
     code = cli.main(argv)
@@ -279,7 +279,7 @@ def test_snapshot_while_training_is_the_last_good_weights(disk_image):
         assert snap["step"] == upd.step
         assert _same(snap["state_dict"], good)
     assert not _same(_weights(seg), good)
-    assert seg._state is None
+    assert seg._trainer is None
 
 
 # -- projects ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import napari_frontier.live as live
-from napari_frontier import segmenter as segmenter_module
+from napari_frontier import training_data
 from napari_frontier.labels import IGNORE, ScribbleDelta, changed_box, union_box
 from napari_frontier.live import (
     Failed,
@@ -56,7 +56,7 @@ class _SpySampler(PatchSampler):
 @pytest.fixture
 def spy(monkeypatch):
     _SpySampler.made = []
-    monkeypatch.setattr(segmenter_module, "PatchSampler", _SpySampler)
+    monkeypatch.setattr(training_data, "PatchSampler", _SpySampler)
     return _SpySampler.made
 
 

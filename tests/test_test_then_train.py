@@ -15,15 +15,15 @@ def test_default_trains_on_every_stroke(disk_image, monkeypatch):
     image, scribbles, _ = disk_image
     assert TrainConfig().holdout_fraction == 0
     seen = {}
-    import napari_frontier.segmenter as segmod
+    import napari_frontier.training_data as data_module
 
-    real = segmod.PatchSampler
+    real = data_module.PatchSampler
 
     def spy(images, targets, *a, **k):
         seen.setdefault("targets", []).append([t.copy() for t in targets])
         return real(images, targets, *a, **k)
 
-    monkeypatch.setattr(segmod, "PatchSampler", spy)
+    monkeypatch.setattr(data_module, "PatchSampler", spy)
     seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))
     last = seg.fit(image, scribbles, steps=2)
     train_t = seen["targets"][0][0]

@@ -62,8 +62,9 @@ class ModelRef:
         # Blocks run in several threads at once: give them an eval-mode copy,
         # so no thread ever toggles train/eval mode under another one.
         live = copy.copy(segmenter)
-        live.model = copy.deepcopy(segmenter.predict_model).eval()
+        live.model = copy.deepcopy(segmenter.model_for_prediction()).eval()
         live._ema = None  # the copy above already holds the predicting weights
+        live._trainer = None  # ... and nothing trains it
         live.optimizer = None
         live.tta = False  # ... and the flips, when test-time augmentation is on
         self._live = live

@@ -270,7 +270,7 @@ class SlicePredictor:
 
         def run():
             return predict_region(
-                seg.predict_model, seg.device, self.image, self.layout, self.stats,
+                seg.model_for_prediction(), seg.device, self.image, self.layout, self.stats,
                 self.index, region, seg.nodata,
             )  # fmt: skip
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -14,21 +13,12 @@ import torch
 from . import __version__
 from .device import select_device
 from .errors import CheckpointError, ImageError, ShapeMismatchError
-from .inference import Prediction, predict_probabilities
+from .inference import Prediction, predict_labels, predict_probabilities
 from .io import load_checkpoint, save_checkpoint
-from .labels import (
-    DEFAULT_CLASS_NAMES,
-    IGNORE,
-    ScribbleDelta,
-    class_counts,
-    split_strokes,
-    to_targets,
-    validate_scribbles,
-)
+from .labels import DEFAULT_CLASS_NAMES
 from .model import FlipAverage, ModelConfig, build_model
 from .nd import (
     Layout,
-    NormalisedSlice,
     NormStats,
     compute_stats,
     make_layout,
@@ -36,14 +26,11 @@ from .nd import (
     prepare_slice,
 )
 from .preprocess import DEFAULT_PERCENTILES, Prepared, prepare
-from .sampling import PatchSampler
-from .training import TrainConfig, TrainState, TrainUpdate, train_steps
+from .trainer import Trainer, WeightAverage, make_optimizer
+from .training import TrainConfig, TrainUpdate
+from .training_data import TrainingData
 
 log = logging.getLogger(__name__)
-
-#: Normalised slices of an in-memory stack kept while training (the rest are
-#: normalised again when painted: patches are read on demand).
-_KEEP_SLICES = 2
 
 
 def _as_list(v):
@@ -122,11 +109,11 @@ class Segmenter:
         self.train_config = train_config or TrainConfig()
         self._model_overrides = dict(model_config or {})
         self.model: torch.nn.Module | None = None
-        self._ema: _WeightAverage | None = None
+        self._ema: WeightAverage | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
-        #: The running training's state (None when not training).
-        self._state: TrainState | None = None
+        #: The running training (None when not training).
+        self._trainer: Trainer | None = None
         self.device = select_device(self.train_config.device)
         self.percentiles = DEFAULT_PERCENTILES
 
@@ -188,37 +175,34 @@ class Segmenter:
 
     def _ensure_optimizer(self) -> None:
         if self.optimizer is None:
-            tc = self.train_config
-            self.optimizer = torch.optim.AdamW(
-                self.model.parameters(),
-                lr=tc.learning_rate,
-                weight_decay=tc.weight_decay,
-                # The multi-tensor update (already the default on CUDA) gives
-                # the same weights as the per-tensor one, 40 % faster on CPU.
-                foreach=True if self.device.type in ("cpu", "cuda") else None,
-            )
-            self._ema = None
-            if tc.ema > 0:
-                ema = _WeightAverage(self.model, tc.ema)
-                self.optimizer.register_step_post_hook(lambda *_: ema.update(self.model))
-                self._ema = ema
+            self.optimizer, self._ema = make_optimizer(self.model, self.train_config, self.device)
 
     @property
     def predict_model(self) -> torch.nn.Module | None:
-        """The network that predicts: the weight average while training, else the model.
+        """The network that predicts: the weight average (if kept) or the model.
+
+        A plain accessor; while training runs, predict through
+        :meth:`model_for_prediction`, which brings its statistics up to date.
+        """
+        return self._wrapped(self._predicting_weights())
+
+    def model_for_prediction(self) -> torch.nn.Module | None:
+        """The network that predicts, ready to: what :meth:`predict` and its kin use.
 
         Called from the training thread between updates, it first brings the
         BatchNorm statistics up to date with the current weights.
         """
-        module = self._predicting_weights()
+        if self._trainer is not None:
+            return self._wrapped(self._trainer.weights_for_prediction())
+        return self.predict_model
+
+    def _wrapped(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
         if self.tta and module is not None:
             return FlipAverage(module)
         return module
 
     def _predicting_weights(self) -> torch.nn.Module | None:
-        """The weight average (or the model), statistics brought up to date; never wrapped."""
-        if self._state is not None:
-            self._state.calibrate()
+        """The weight average (or the model), never wrapped."""
         return self._ema.module if self._ema is not None else self.model
 
     def reset(self) -> None:
@@ -253,201 +237,47 @@ class Segmenter:
             raise ShapeMismatchError(
                 f"{len(images)} images but {len(scribble_list)} scribble images"
             )
-        layouts = [self.layout(im) for im in images]
-        for lay in layouts:
-            n = int(np.prod(lay.scribble_shape[-2:]))
-            if n < 2:
-                raise ImageError(f"the image has only {n} pixel: too small to learn anything from")
-        checked = [
-            validate_scribbles(
-                s, self.n_classes, shape=lay.scribble_shape, require_all_classes=False
-            )
-            for lay, s in zip(layouts, scribble_list, strict=True)
-        ]
-        stats = [self.stats(im, lay) for im, lay in zip(images, layouts, strict=True)]
-        cache: dict[tuple, Prepared] = {}
-
-        def on_demand(i: int) -> bool:
-            # Patches of an in-memory stack are normalised as they are drawn
-            # (cheap), so memory does not grow with the number of slices
-            # painted; a lazy stack (dask, zarr) keeps each painted slice
-            # normalised instead of reading from storage at every step.
-            return bool(layouts[i].lead_shape) and isinstance(images[i], np.ndarray)
-
-        def prepared(key) -> Prepared:
-            # only painted slices of a stack are ever normalised
-            if key in cache:
-                cache[key] = cache.pop(key)  # the most recently used last
-                return cache[key]
-            i, idx = key
-            cache[key] = prepare_slice(images[i], layouts[i], stats[i], idx, None, self.nodata)
-            transient = [k for k in cache if on_demand(k[0])]
-            for k in transient[:-_KEEP_SLICES]:
-                del cache[k]
-            return cache[key]
-
-        def source(key):
-            """What the samplers draw patches from for ``key``."""
-            i, idx = key
-            if on_demand(i):
-                return NormalisedSlice(images[i], layouts[i], stats[i], idx, self.nodata)
-            return prepared(key).x
-
-        tc = self.train_config
-        rng = np.random.default_rng(tc.seed)
-        units = self._units(checked, layouts, prepared, rng)
-        keys = [u[0] for u in units]
-        for key in keys:
-            _check_not_constant(prepared(key))
-        for lay in layouts:
+        data = TrainingData(
+            images, scribble_list, [self.layout(im) for im in images],
+            n_classes=self.n_classes, class_names=self.class_names, nodata=self.nodata,
+            percentiles=self.percentiles, config=self.train_config,
+        )  # fmt: skip
+        for lay in data.layouts:
             self._ensure_model(lay.n_channels)
         self._ensure_optimizer()
-        if tc.threads:
-            torch.set_num_threads(int(tc.threads))
-        xs = [source(k) for k in keys]
-        # training and held-out strokes: the same images, other targets
-        sampler, holdout = (
-            PatchSampler(xs, [u[j] for u in units], self.n_classes, tc.patch_size, rng,
-                         tc.context_margin, scale=tc.scale_augment,
-                         focus=tc.focus if j == 1 else 0.0, jitter=tc.intensity_jitter)
-            for j in (1, 2)
+        trainer = Trainer(
+            self.model, self.optimizer, self._ema, data, self.train_config, self.device,
+            step=self.step, seconds=seconds, steps=steps,
         )  # fmt: skip
-        del units, checked, xs  # the samplers keep compact copies of what they need
-        state = TrainState(self.model, self.optimizer, self.device, self.step)
-        if self._ema is not None:
-            state.shadows = [self._ema.module]
-        self._state = state
-        # Test-then-train: strokes that arrive while training runs are scored
-        # by the current model before they join the training set.
-        fresh = _FreshStrokeScore(
-            enabled=tc.holdout_fraction <= 0, min_interval=5 * tc.update_interval
-        )
-
-        def on_delta(delta: ScribbleDelta) -> str:
-            # A box of new labels on the first image: only that box is
-            # re-read. Painted pixels that were held out and kept their
-            # class stay held out; every other painted pixel trains.
-            lay = layouts[0]
-            region = delta.region
-            if len(region) != len(lay.scribble_shape):
-                return f"kept the previous scribbles: a box of {len(region)} axes"
-            lead, (rows, cols) = region[:-2], region[-2:]
-            labels = np.asarray(delta.labels)
-            for idx in itertools.product(*(range(s.start, s.stop) for s in lead)):
-                sub = labels[tuple(i - s.start for i, s in zip(idx, lead, strict=True))]
-                key = (0, idx)
-                if key not in keys and not sub.any():
-                    continue  # an unpainted slice stays unread
-                p = prepared(key)
-                if key not in keys:  # strokes on a slice that had none
-                    keys.append(key)
-                    sampler.add(source(key), np.full(p.shape, IGNORE, dtype=np.int8))
-                    holdout.add(source(key), np.full(p.shape, IGNORE, dtype=np.int8))
-                j = keys.index(key)
-                valid = p.valid[rows, cols]
-                held = holdout.targets_of(j, rows, cols)
-                keep = (held != IGNORE) & (held == sub.astype(np.int64) - 1) & valid
-                train = np.where((sub > 0) & valid & ~keep, sub.astype(np.int64) - 1, IGNORE)
-                fresh.score(
-                    state.model, self.device, p.x, sampler.targets_of(j, rows, cols), train,
-                    (rows.start, cols.start),
-                )  # fmt: skip
-                holdout.update_region(j, rows, cols, np.where(keep, held, IGNORE))
-                sampler.update_region(j, rows, cols, train)
-            return ""
-
-        def on_scribbles(new) -> str:
-            if isinstance(new, ScribbleDelta):
-                return on_delta(new)
-            new_list = _as_list(new)
-            if len(new_list) != len(images):
-                return "ignored new scribbles: wrong number of images"
-            try:
-                new_checked = [
-                    validate_scribbles(
-                        s, self.n_classes, shape=lay.scribble_shape, require_all_classes=False
-                    )
-                    for lay, s in zip(layouts, new_list, strict=True)
-                ]
-                new_units = self._units(
-                    new_checked, layouts, prepared, np.random.default_rng(tc.seed)
-                )
-            except Exception as exc:
-                return f"kept the previous scribbles: {exc}"
-            seen = set()
-            for key, t, h in new_units:
-                seen.add(key)
-                if key in keys:
-                    j = keys.index(key)
-                    everything = (slice(0, t.shape[0]), slice(0, t.shape[1]))
-                    old = sampler.targets_of(j, *everything)
-                    fresh.score(state.model, self.device, prepared(key).x, old, t, (0, 0))
-                    sampler.set_targets(j, t)
-                    holdout.set_targets(j, h)
-                else:  # strokes on a slice that had none
-                    keys.append(key)
-                    sampler.add(source(key), t)
-                    holdout.add(source(key), h)
-            for j, key in enumerate(keys):
-                if key not in seen:  # all strokes of that slice were erased
-                    none = np.full(layouts[key[0]].yx, IGNORE, dtype=np.int8)
-                    sampler.set_targets(j, none)
-                    holdout.set_targets(j, none)
-            return "scribbles updated"
-
-        judge = holdout if tc.holdout_fraction > 0 else fresh.accuracy
-        gen = train_steps(state, sampler, tc, judge, seconds, steps, on_scribbles)
+        self._trainer = trainer
         try:
-            incoming = None
-            while True:
-                upd = gen.send(incoming)
-                self.step = state.step
-                incoming = yield upd
-        except StopIteration as stop:
-            self.step = state.step
-            return stop.value
+            while not trainer.finished():
+                trainer.step()
+                if trainer.update_due():
+                    upd = trainer.update()
+                    self.step = trainer.global_step
+                    new = yield upd
+                    if new is not None:
+                        trainer.apply(new)
+            final = trainer.final_update()
+            self.step = trainer.global_step
+            new = yield final
+            if new is not None:
+                trainer.apply(new)
+            return final
         except GeneratorExit:
             # Stopped at an update (closed): the weights that predict from
             # now on get the statistics of their weights, as at a normal end.
             # (After a failed step nothing is recomputed: the last good
             # weights are kept exactly as they were.)
             try:
-                state.calibrate(final=True)
+                trainer.finish()
             except Exception as exc:  # a stop must not fail: keep the statistics as they are
                 log.warning("BatchNorm statistics not recomputed at stop: %s", _first_line(exc))
             raise
         finally:
-            self.step = state.step
-            self._state = None
-            gen.close()
-
-    def _units(self, checked, layouts, prepared, rng) -> list:
-        """``(key, train_targets, holdout_targets)`` of every painted slice.
-
-        ``key`` is ``(image index, slice index)``; strokes are split into
-        training and held-out strokes over the whole image (or stack).
-        """
-        from .errors import ScribbleError
-
-        units = []
-        counts = np.zeros(self.n_classes, dtype=np.int64)
-        for i, (s, lay) in enumerate(zip(checked, layouts, strict=True)):
-            tr, ho = split_strokes(s, self.n_classes, self.train_config.holdout_fraction, rng)
-            painted = (s.reshape(lay.n_slices, -1) > 0).any(axis=1)
-            for n, idx in enumerate(lay.slice_indices()):
-                if not painted[n] and lay.lead_shape:
-                    continue
-                p = prepared((i, idx))
-                counts += class_counts(np.where(p.valid, s[idx], 0), self.n_classes)
-                units.append(((i, idx), to_targets(tr[idx], p.valid), to_targets(ho[idx], p.valid)))
-        missing = [k + 1 for k in range(self.n_classes) if counts[k] == 0]
-        if missing:
-            names = ", ".join(f'{k} ("{self.class_names[k - 1]}")' for k in missing)
-            raise ScribbleError(
-                f"no painted pixel (on valid image pixels) for class {names}; "
-                "paint at least one stroke of every class"
-            )
-        return units
+            self.step = trainer.global_step
+            self._trainer = None
 
     def fit(
         self,
@@ -500,7 +330,7 @@ class Segmenter:
             stats = stats or self.stats(image, lay)
             p = prepare_slice(image, lay, stats, (), None, self.nodata)
             probs = predict_probabilities(
-                self.predict_model,
+                self.model_for_prediction(),
                 p.x,
                 self.device,
                 tile=tile,
@@ -518,6 +348,34 @@ class Segmenter:
             if progress is not None:
                 progress(upd.done, upd.total)
         return Prediction(probabilities=probs, valid=valid)
+
+    def predict_labels(
+        self,
+        image,
+        tile: int = 1024,
+        halo: int | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: NormStats | None = None,
+        workers: int = 1,
+    ) -> np.ndarray:
+        """``predict(image, ...).labels`` (uint8 1..K, 0 at invalid pixels), the same array.
+
+        A 2D image goes tile by tile straight to labels, without the
+        ``(K, H, W)`` float32 probabilities (for writing masks); ``workers``
+        tiles at once on a CPU (:func:`~napari_frontier.inference.predict_labels`).
+        """
+        lay = self.layout(image)
+        if lay.lead_shape:
+            return self.predict(image, tile, halo, batch_size, progress, stats).labels
+        self._check_model(lay)
+        p = prepare_slice(image, lay, stats or self.stats(image, lay), (), None, self.nodata)
+        labels = predict_labels(
+            self.model_for_prediction(), p.x, self.device,
+            tile=tile, halo=halo, batch_size=batch_size, progress=progress, workers=workers,
+        )  # fmt: skip
+        labels[~p.valid] = Prediction.NODATA_LABELS
+        return labels
 
     def predict_slices(
         self,
@@ -541,7 +399,7 @@ class Segmenter:
         indices = list(lay.slice_indices()) if indices is None else [tuple(i) for i in indices]
         for n, idx in enumerate(indices, 1):
             probs, valid = predict_region(
-                self.predict_model, self.device, image, lay, stats, idx, None, self.nodata,
+                self.model_for_prediction(), self.device, image, lay, stats, idx, None, self.nodata,
                 tile=tile, halo=halo, batch_size=batch_size,
             )  # fmt: skip
             yield SliceUpdate(idx, n, len(indices), Prediction(probabilities=probs, valid=valid))
@@ -567,8 +425,8 @@ class Segmenter:
         self._check_model(lay)
         stats = stats or self.stats(image, lay)
         probs, valid = predict_region(
-            self.predict_model, self.device, image, lay, stats, tuple(index), region, self.nodata,
-            tile=tile, halo=halo,
+            self.model_for_prediction(), self.device, image, lay, stats, tuple(index), region,
+            self.nodata, tile=tile, halo=halo,
         )  # fmt: skip
         return Prediction(probabilities=probs, valid=valid)
 
@@ -577,13 +435,11 @@ class Segmenter:
         """Self-describing checkpoint content (plain types and tensors only)."""
         if self.model is None:
             raise CheckpointError("nothing to save: the model is not trained yet")
-        state, step = self._state, self.step
-        if state is not None and state.good_weights is not None:
+        trainer, step = self._trainer, self.step
+        if trainer is not None:
             # Training runs (maybe in another thread): take the consistent
             # copy made at its last update rather than weights being changed.
-            weights, step = state.good_weights, state.good_step
-            if state.good_shadows:  # the weights that predict (e.g. a weight average)
-                weights = state.good_shadows[0]
+            weights, step = trainer.good_state()
         else:
             weights = self._predicting_weights().state_dict()
         return {
@@ -646,111 +502,9 @@ class Segmenter:
         return seg
 
 
-class _FreshStrokeScore:
-    """Accuracy of the model on strokes it has not trained on yet (test-then-train).
-
-    Each time new scribbles arrive, the pixels that are newly painted (or
-    painted with another class) are predicted by the current model before
-    they join the training set; :meth:`accuracy` is the pixel accuracy over
-    the last ``window`` such updates (None until a stroke is scored).
-    """
-
-    def __init__(self, window: int = 5, enabled: bool = True, min_interval: float = 0.0):
-        from collections import deque
-
-        self.enabled = enabled
-        # Scoring costs a forward pass over the stroke and its context: while
-        # someone paints fast (many small boxes a second) score a sample of
-        # the edits, at most one per ``min_interval`` seconds; all of them train.
-        self.min_interval = min_interval
-        self._last = -float("inf")
-        self._recent = deque(maxlen=window)
-
-    def score(self, model, device, x, old, new, origin: tuple[int, int]) -> None:
-        """Score the pixels where targets ``new`` differ from ``old`` (a region at ``origin``)."""
-        if not self.enabled or time.perf_counter() - self._last < self.min_interval:
-            return
-        fresh = (new != IGNORE) & (new != old)
-        if not fresh.any():
-            return
-        rows, cols = np.nonzero(fresh)
-        halo = model.config.halo
-        h, w = x.shape[-2:]
-        y0 = max(0, origin[0] + rows.min() - halo)
-        y1 = min(h, origin[0] + rows.max() + 1 + halo)
-        x0 = max(0, origin[1] + cols.min() - halo)
-        x1 = min(w, origin[1] + cols.max() + 1 + halo)
-        probs = predict_probabilities(model, x[:, y0:y1, x0:x1], device, halo=0)
-        pred = probs.argmax(0)[rows + origin[0] - y0, cols + origin[1] - x0]
-        self._recent.append((int((pred == new[rows, cols]).sum()), len(rows)))
-        self._last = time.perf_counter()
-
-    def accuracy(self) -> float | None:
-        total = sum(n for _, n in self._recent)
-        return sum(c for c, _ in self._recent) / total if total else None
-
-
-class _WeightAverage:
-    """Exponential moving average of a model's weights and float buffers.
-
-    The decay ramps up as ``(1 + n) / (10 + n)`` so that early predictions
-    are not held back by the random initial weights.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
-        self.decay = decay
-        self.n = 0
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        # (model, tensor lists) of the last update: the modules are walked once,
-        # not at every step (nothing moves or converts a model while it trains)
-        self._pairs = None
-
-    def _lists(self, model: torch.nn.Module):
-        if self._pairs is None or self._pairs[0] is not model:
-            floats, sources, ints = [], [], []
-            for be, b in zip(self.module.buffers(), model.buffers(), strict=True):
-                if be.is_floating_point():  # BatchNorm statistics follow the weights
-                    floats.append(be)
-                    sources.append(b)
-                else:
-                    ints.append((be, b))
-            params = list(model.parameters())
-            self._pairs = (model, list(self.module.parameters()), params, floats, sources, ints)
-        return self._pairs[1:]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
-        self.n += 1
-        ema, params, floats, sources, ints = self._lists(model)
-        torch._foreach_lerp_(ema, params, 1.0 - d)
-        if floats:
-            torch._foreach_lerp_(floats, sources, 1.0 - d)
-        for be, b in ints:
-            be.copy_(b)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].rstrip(":") if text else type(exc).__name__
-
-
-def _check_not_constant(p: Prepared) -> None:
-    """Training needs some contrast: every channel constant over valid pixels is refused."""
-    if p.valid.size < 2:
-        raise ImageError(
-            f"the image has only {p.valid.size} pixel: too small to learn anything from"
-        )
-    x = p.x[:-1][:, p.valid]
-    if x.size and np.all(x.max(axis=1) == x.min(axis=1)):
-        raise ImageError(
-            "every valid pixel of the image has the same value: there is nothing to learn "
-            "from; check that the right image (or channel) is chosen"
-        )
 
 
 def check_image(image, channel_axis: int | None = None) -> None:

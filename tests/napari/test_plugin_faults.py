@@ -99,7 +99,7 @@ class _Faulty:
         self.calls += 1  # training steps only
         if self.kind == "oom" and self.calls > 1:
             return out
-        state = self.seg._state
+        state = self.seg._trainer
         if state is not None and self.good_at_failure is None:
             self.good_at_failure = {k: v.clone() for k, v in state.good_weights.items()}
         if self.kind == "exception":
