@@ -4,17 +4,23 @@ For every image and seed, side by side in one process:
 
 * ``rf``: scikit-image's random-forest pixel classifier on the same scribbles
   (``multiscale_basic_features`` + 50 trees of depth 10; features + fit + predict);
+* ``pfrf``: the pretrained-feature forest: the same features and forest, joined
+  by the frozen ImageNet backbone's activations (``napari_frontier.backbone``,
+  strides ``--pf-strides`` upsampled bilinearly to full resolution; with
+  ``--pf-scale 2`` the backbone sees the image downsampled by 2);
 * ``frontier``: napari-frontier with every default, scored after each budget
   (training time only: the clock stops while the checkpoint is predicted);
 * ``reference``: a plain U-Net from scratch (``benchmarks/reference.py``), same budgets;
 * ``ceiling``: napari-frontier trained on the complete ground truth.
 
-Then per image: the median over seeds, the seed spread (max - min) and, at
-the end, the mean and the worst case over images, and the issue's targets.
+Then per image: the median over seeds, the seed spread (max - min) and the
+mean and the worst case over images, for each fixed half of the cases
+(``HALVES``: choose a setting on A, check it on B; ``--half``) and for all.
 
     python benchmarks/quality.py --budgets 5 10 60 --seeds 0 1 2 --jobs 2 --json out.json
     python benchmarks/quality.py --budgets 5 10 --jobs 1 --threads 2   # one user on 2 cores
     python benchmarks/quality.py --steps --budgets 50 150 400 --methods frontier   # load-independent
+    python benchmarks/quality.py --methods rf pfrf --seeds 0 --synthetic --half A   # forests only
 
 Data: ``sample_data/`` (nuclei, textures), ``../shared/devset`` (``--devset``,
 dense scribbles; ``--sparse`` adds the sparse scribbles), synthetic
@@ -40,6 +46,22 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 DEVSET = HERE.parent.parent / "shared" / "devset"
+#: Two fixed halves of the cases, each with photos, medical, fluorescence or
+#: histology, and synthetic images: settings are chosen on A and checked on B.
+HALVES = {
+    "A": ("food_4class", "ct_lung_tumour", "hela_nuclei", "he_nuclei", "textures",
+          "gravel_on_grass", "hue_blobs"),
+    "B": ("food_rice", "mri_brain_tumour", "huh7_cells", "nuclei", "brick_on_gravel",
+          "noisy_blobs"),
+}  # fmt: skip
+#: Methods scored once per seed (no budgets): IoU and seconds.
+FORESTS = ("rf", "pfrf")
+
+
+def half_of(name: str) -> str:
+    """``A``, ``B`` or ``other``; a variant (``case:sparse``) goes with its case."""
+    base = name.split(":")[0]
+    return next((h for h, names in HALVES.items() if base in names), "other")
 
 
 # -- data -------------------------------------------------------------------
@@ -164,13 +186,45 @@ def iou_of(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
 
 
 # -- methods ----------------------------------------------------------------
-def run_rf(image, scribbles, truth, k, seed) -> dict:
+def pretrained_features(image, strides=(2, 4, 8, 16), scale: int = 1) -> np.ndarray:
+    """Backbone activations of ``strides`` at full resolution, ``(H, W, F)`` float32.
+
+    The image goes through the engine's normalisation (``prepare``) and
+    ``backbone_input``; with ``scale`` 2 the backbone sees it area-downsampled
+    by 2 (effective strides 4..32) and the features are upsampled back.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from napari_frontier.backbone import backbone_features, backbone_input, load_backbone
+    from napari_frontier.preprocess import prepare
+
+    net = load_backbone()
+    x = backbone_input(torch.from_numpy(prepare(image).x)[None])
+    h, w = x.shape[-2:]
+    if scale > 1:
+        x = F.avg_pool2d(x, scale, scale, ceil_mode=True)
+    f = backbone_features(x, net, out_stride=1, strides=strides)
+    if scale > 1:
+        # half-resolution pixel u covers full-resolution pixels 2u, 2u + 1
+        f = F.interpolate(f, scale_factor=scale, mode="bilinear", align_corners=False)
+        f = f[..., :h, :w]
+    return f[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def run_rf(image, scribbles, truth, k, seed, pretrained=None) -> dict:
+    """The forest on scikit-image's features; ``pretrained``: ``{"strides", "scale"}``
+    adds the backbone's activations (the ``pfrf`` method)."""
     from functools import partial
 
     from skimage.feature import multiscale_basic_features
     from skimage.future import fit_segmenter, predict_segmenter
     from sklearn.ensemble import RandomForestClassifier
 
+    if pretrained is not None:
+        from napari_frontier.backbone import load_backbone
+
+        load_backbone()  # once per process, outside the clock
     t0 = time.perf_counter()
     channel_axis = -1 if image.ndim == 3 else None
     img = np.nan_to_num(np.asarray(image, dtype=np.float32))
@@ -178,10 +232,17 @@ def run_rf(image, scribbles, truth, k, seed) -> dict:
         multiscale_basic_features, intensity=True, edges=True, texture=True,
         sigma_min=1, sigma_max=16, channel_axis=channel_axis,
     )(img)  # fmt: skip
+    out = {}
+    if pretrained is not None:
+        t1 = time.perf_counter()
+        pf = pretrained_features(image, **pretrained)
+        out["backbone_s"] = time.perf_counter() - t1
+        feats = np.concatenate([feats.astype(np.float32, copy=False), pf], axis=-1)
     clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, random_state=seed)
     clf = fit_segmenter(scribbles, feats, clf)
     pred = predict_segmenter(feats, clf)
-    return {"iou": iou_of(pred, truth, k), "seconds": time.perf_counter() - t0}
+    out.update(iou=iou_of(pred, truth, k), seconds=time.perf_counter() - t0)
+    return out
 
 
 def run_frontier(
@@ -242,13 +303,15 @@ def run_reference(image, scribbles, truth, k, seed, budgets, steps_mode):
 
 
 def task(args):
-    name, method, seed, budgets, steps_mode, train, model, case, threads = args
+    name, method, seed, budgets, steps_mode, train, model, case, threads, pretrained = args
     import torch
 
     torch.set_num_threads(threads)
     image, scribbles, truth, k = case
     if method == "rf":
         return name, method, seed, run_rf(image, scribbles, truth, k, seed)
+    if method == "pfrf":
+        return name, method, seed, run_rf(image, scribbles, truth, k, seed, pretrained)
     if method == "frontier":
         return (
             name,
@@ -277,54 +340,90 @@ def task(args):
 
 
 # -- report -----------------------------------------------------------------
-def summarise(results: dict, budgets, methods, unit: str) -> list[str]:
-    lines = []
-    med = statistics.median
-    head = f"{'image':24s} {'rf':>6s}"
+def _columns(methods, budgets, unit: str) -> list[tuple[str, str, int]]:
+    """``(key, header, width)`` of the summary's columns."""
+    cols = [("rf", "rf", 6)]
+    if "rf" in methods:
+        cols.append(("rf_s", "rf s", 6))
+    if "pfrf" in methods:
+        cols += [("pfrf", "pfrf", 6), ("pfrf_s", "pfrf s", 6)]
     for m in ("frontier", "reference"):
         if m in methods:
-            head += "".join(f" {m[:3]}@{b:g}{unit:1s}".rjust(12) for b in budgets)
+            cols += [(f"{m}@{b:g}", f"{m[:3]}@{b:g}{unit}", 11) for b in budgets]
     if "frontier" in methods:
-        head += f" {'spread':>7s}"
+        cols.append(("spread", "spread", 7))
     if "ceiling" in methods:
-        head += f" {'ceiling':>8s}"
-    lines.append(head)
-    agg: dict[str, list[float]] = {}
-    for name, r in results.items():
-        row = f"{name:24s}"
-        rf = med(x["iou"] for x in r["rf"]) if r.get("rf") else float("nan")
-        row += f" {rf:6.3f}"
-        agg.setdefault("rf", []).append(rf)
-        for m in ("frontier", "reference"):
-            if m not in methods:
-                continue
-            for b in budgets:
-                vals = [x[b]["iou"] for x in r.get(m, []) if b in x]
-                v = med(vals) if vals else float("nan")
-                agg.setdefault(f"{m}@{b:g}", []).append(v)
-                row += f" {v:11.3f}"
-        if "frontier" in methods:
-            last = [x[budgets[-1]]["iou"] for x in r.get("frontier", []) if budgets[-1] in x]
-            spread = max(last) - min(last) if last else float("nan")
-            agg.setdefault("spread", []).append(spread)
-            row += f" {spread:7.3f}"
-        if "ceiling" in methods:
-            c = [x[budgets[-1]]["iou"] for x in r.get("ceiling", []) if budgets[-1] in x]
-            v = med(c) if c else float("nan")
-            agg.setdefault("ceiling", []).append(v)
-            row += f" {v:8.3f}"
-        lines.append(row)
-    for label, fn in (("mean", np.nanmean), ("worst", np.nanmin)):
-        row = f"{label:24s} {fn(agg['rf']):6.3f}"
-        for m in ("frontier", "reference"):
-            if m in methods:
-                row += "".join(f" {fn(agg[f'{m}@{b:g}']):11.3f}" for b in budgets)
-        if "frontier" in methods:
-            row += f" {np.nanmax(agg['spread']):7.3f}"
-        if "ceiling" in methods:
-            row += f" {fn(agg['ceiling']):8.3f}"
-        lines.append(row)
-    lines.append("(worst: min over images of the seed median; spread column: max over images)")
+        cols.append(("ceiling", "ceiling", 8))
+    return cols
+
+
+def _image_values(r: dict, methods, budgets) -> dict[str, float]:
+    """One image's figures: seed medians, the forests' seconds, the frontier's seed spread."""
+    med = statistics.median
+    nan = float("nan")
+    v: dict[str, float] = {}
+    for m in FORESTS:
+        runs = r.get(m) or []
+        v[m] = med(x["iou"] for x in runs) if runs else nan
+        v[f"{m}_s"] = med(x["seconds"] for x in runs) if runs else nan
+    for m in ("frontier", "reference"):
+        for b in budgets:
+            vals = [x[b]["iou"] for x in r.get(m, []) if b in x]
+            v[f"{m}@{b:g}"] = med(vals) if vals else nan
+    last = [x[budgets[-1]]["iou"] for x in r.get("frontier", []) if budgets[-1] in x]
+    v["spread"] = max(last) - min(last) if last else nan
+    c = [x[budgets[-1]]["iou"] for x in r.get("ceiling", []) if budgets[-1] in x]
+    v["ceiling"] = med(c) if c else nan
+    return v
+
+
+def _aggregate(rows: list[dict], key: str, label: str) -> float:
+    """Mean or worst over images; worst is the largest for seconds and the seed spread."""
+    vals = np.array([r[key] for r in rows], dtype=float)
+    if np.isnan(vals).all():
+        return float("nan")
+    if label == "mean":
+        return float(np.nanmean(vals))
+    high_is_worse = key == "spread" or key.endswith("_s")
+    return float(np.nanmax(vals) if high_is_worse else np.nanmin(vals))
+
+
+def summary(results: dict, budgets, methods) -> dict:
+    """``{group: {"images": {name: figures}, "mean": figures, "worst": figures}}``
+    per half (``HALVES``, plus ``other`` if any case is in neither) and ``all``."""
+    per_image = {n: _image_values(r, methods, budgets) for n, r in results.items()}
+    groups = {h: [n for n in per_image if half_of(n) == h] for h in (*HALVES, "other")}
+    groups = {h: names for h, names in groups.items() if names}
+    if len(groups) > 1:
+        groups["all"] = list(per_image)
+    out = {}
+    for h, names in groups.items():
+        rows = [per_image[n] for n in names]
+        keys = rows[0].keys()
+        out[h] = {
+            "images": {n: per_image[n] for n in names},
+            **{lab: {k: _aggregate(rows, k, lab) for k in keys} for lab in ("mean", "worst")},
+        }
+    return out
+
+
+def summarise(results: dict, budgets, methods, unit: str) -> list[str]:
+    cols = _columns(methods, budgets, unit)
+    head = f"{'image':24s}" + "".join(f" {h:>{w}s}" for _, h, w in cols)
+
+    def fmt(label: str, v: dict) -> str:
+        return f"{label:24s}" + "".join(f" {v[k]:{w}.3f}" for k, _, w in cols)
+
+    lines = []
+    for h, g in summary(results, budgets, methods).items():
+        lines.append(f"-- {'all images' if h == 'all' else 'half ' + h}")
+        lines.append(head)
+        if h != "all":
+            lines += [fmt(n, v) for n, v in g["images"].items()]
+        lines += [fmt("mean", g["mean"]), fmt("worst", g["worst"])]
+    lines.append(
+        "(worst: min over images of the seed median; seconds and spread columns: max over images)"
+    )
     return lines
 
 
@@ -336,7 +435,13 @@ def main() -> None:
     p.add_argument("--steps", action="store_true", help="budgets are training steps, not seconds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["rf", "frontier", "reference"],
-                   choices=["rf", "frontier", "reference", "ceiling"])  # fmt: skip
+                   choices=["rf", "pfrf", "frontier", "reference", "ceiling"])  # fmt: skip
+    p.add_argument("--pf-strides", type=int, nargs="+", default=[2, 4, 8, 16],
+                   help="pfrf: the backbone strides used")  # fmt: skip
+    p.add_argument("--pf-scale", type=int, default=1, choices=[1, 2],
+                   help="pfrf: the backbone sees the image downsampled by this")  # fmt: skip
+    p.add_argument("--half", choices=sorted(HALVES), default=None,
+                   help="only this half of the cases (default: both)")  # fmt: skip
     p.add_argument("--reference-seeds", type=int, nargs="+", default=None)
     p.add_argument("--devset", type=Path, default=DEVSET)
     p.add_argument("--no-devset", action="store_true")
@@ -358,13 +463,17 @@ def main() -> None:
     )
     if args.only:
         cases = {n: c for n, c in cases.items() if n in args.only}
+    if args.half:
+        cases = {n: c for n, c in cases.items() if half_of(n) == args.half}
+    pretrained = {"strides": tuple(args.pf_strides), "scale": args.pf_scale}
     budgets = sorted(args.budgets)
     unit = "" if args.steps else "s"
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.2f}, jobs {args.jobs} x {args.threads} torch thread(s), "
         f"seeds {args.seeds}, "
-        f"budgets {budgets} {'steps' if args.steps else 's'}, train {args.train}, model {args.model}",
+        f"budgets {budgets} {'steps' if args.steps else 's'}, train {args.train}, model {args.model}"
+        + (f", pfrf {pretrained}" if "pfrf" in args.methods else ""),
         flush=True,
     )
     tasks = []
@@ -375,15 +484,19 @@ def main() -> None:
                 seeds = args.reference_seeds
             for s in seeds:
                 tasks.append(
-                    (name, m, s, budgets, args.steps, args.train, args.model, case, args.threads)
-                )
+                    (name, m, s, budgets, args.steps, args.train, args.model, case, args.threads,
+                     pretrained)
+                )  # fmt: skip
     # longest first keeps the pool busy
-    tasks.sort(key=lambda t: (t[1] == "rf", -t[7][0].size))
+    tasks.sort(key=lambda t: (t[1] in FORESTS, -t[7][0].size))
     results: dict = {n: {} for n in cases}
     with ProcessPoolExecutor(args.jobs) as pool:
         for name, m, s, r in pool.map(task, tasks):
             results[name].setdefault(m, []).append(r)
-            if m != "rf":
+            if m == "pfrf":
+                print(f"  {name} {m} seed {s}: {r['iou']:.3f} in {r['seconds']:.2f} s "
+                      f"(backbone {r['backbone_s']:.2f} s)", flush=True)  # fmt: skip
+            elif m != "rf":
                 desc = " ".join(f"{b:g}:{r[b]['iou']:.3f}" for b in budgets if b in r)
                 print(f"  {name} {m} seed {s}: {desc}", flush=True)
     for line in summarise(results, budgets, args.methods, unit):
@@ -391,7 +504,9 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": results}, indent=1, default=str))  # fmt: skip
+                                         "results": results,
+                                         "summary": summary(results, budgets, args.methods)},
+                                        indent=1, default=str))  # fmt: skip
 
 
 if __name__ == "__main__":
