@@ -31,6 +31,8 @@ from .preprocess import _HUGE, DEFAULT_PERCENTILES, Prepared, validity_mask
 MAX_SAMPLES = 1_000_000
 #: Rows read at a time when sampling a large slice for statistics.
 _BAND_PIXELS = 16_000_000
+#: Pixels normalised at a time (float64 temporaries of 2 MiB).
+_NORM_BAND_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -214,15 +216,17 @@ def compute_stats(
             cf = layout.read(image, idx, (slice(band.start, band.stop, s), slice(None, None, s)))
             _check_dtype(cf.dtype)
             valid = validity_mask(cf, nodata)
-            chunks.append(cf[:, valid])
-    samples_all = np.concatenate(chunks, axis=1) if chunks else np.empty((layout.n_channels, 0))
-    n_valid = samples_all.shape[1]
+            # one channel at a time: a 2D mask on a 3D array gathers ~15x slower
+            chunks.append([ch.ravel() if valid.all() else ch[valid] for ch in cf])
+    n_valid = sum(chunk[0].size for chunk in chunks)
     if n_valid == 0:
         raise ImageError("the image has no valid pixel (all NaN, infinite or no-data)")
     stride = max(1, n_valid // max_samples)
     lo_all, scale_all, pre_all = [], [], []
-    for c in range(samples_all.shape[0]):
-        samples = samples_all[c].astype(np.float64)[::stride]
+    for c in range(layout.n_channels):
+        column = chunks[0][c] if len(chunks) == 1 else np.concatenate([ch[c] for ch in chunks])
+        # the strided samples first, then float64 (not the other way round): the same values
+        samples = column[::stride].astype(np.float64)
         peak = float(np.abs(samples).max()) if samples.size else 0.0
         pre = peak if peak > _HUGE else 1.0
         pre_all.append(pre)
@@ -246,14 +250,22 @@ def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> 
         )
     valid = validity_mask(cf, nodata)
     x = np.empty((cf.shape[0] + 1, *cf.shape[1:]), dtype=np.float32)
+    all_valid = bool(valid.all())
+    # Row bands of ~256 K pixels: the float64 temporaries stay in cache; the
+    # same operations on each pixel as on the whole slice at once.
+    rows = max(1, _NORM_BAND_PIXELS // max(1, cf.shape[-1]))
     for c in range(cf.shape[0]):
-        chan = cf[c].astype(np.float64)
-        if stats.prescale:
-            chan = chan / stats.prescale[c]
-        out = (chan - stats.lo[c]) / stats.scale[c]
-        np.clip(out, -4.0, 5.0, out=out)
-        out[~valid] = 0.0
-        x[c] = out
+        for r0 in range(0, cf.shape[1], rows):
+            band = slice(r0, r0 + rows)
+            chan = cf[c, band].astype(np.float64)
+            if stats.prescale:
+                chan /= stats.prescale[c]
+            chan -= stats.lo[c]
+            chan /= stats.scale[c]
+            np.clip(chan, -4.0, 5.0, out=chan)
+            if not all_valid:
+                chan[~valid[band]] = 0.0
+            x[c, band] = chan
     x[-1] = valid
     return Prepared(x=x, valid=valid)
 
