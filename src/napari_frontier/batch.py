@@ -302,6 +302,15 @@ def _predict_item(
     else:
         image = read_image(it.source)
     if not it.lazy and scheduler is None:
+        if it.vectors is None and it.probabilities is None:  # the mask alone: no probabilities
+            import torch
+
+            from .inference import encode_mask
+
+            # tiles side by side, torch's threads shared out (see inference._tiles)
+            labels = seg.predict_labels(image, tile=tile, workers=torch.get_num_threads())
+            write_array(it.mask, encode_mask(labels, fmt), attrs | {"kind": fmt})
+            return
         pred = seg.predict(image, tile=tile)
         if it.vectors is not None:  # first: the mask written last vouches for it
             _write_vectors(seg, it, attrs, probabilities=pred.probabilities)
