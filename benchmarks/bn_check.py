@@ -1,9 +1,9 @@
 """Are BatchNorm statistics the problem? Score one model with two sets of statistics.
 
-Trains the network with running BatchNorm statistics (``bn_recalibration=0``,
-the layout of 2026-11-23: ``fuse="add"``), scores it, then recomputes the
-statistics for the same weights over 50 fresh un-jittered batches and scores
-it again; prints how far the means moved (in standard deviations).
+Trains the network with running BatchNorm statistics (``bn_recalibration=0``),
+scores it, then recomputes the statistics for the same weights over 50 fresh
+un-jittered batches and scores it again; prints how far the means moved (in
+standard deviations).
 
     python benchmarks/bn_check.py --image gravel_on_grass --steps 500 --seeds 0 1
 """
@@ -38,7 +38,7 @@ def main() -> None:
     img, scr, truth, k = cases[args.image]
     for seed in args.seeds:
         tc = TrainConfig(seed=seed, threads=1, holdout_fraction=0, bn_recalibration=0)
-        seg = Segmenter(n_classes=k, train_config=tc, model_config={"fuse": "add"})
+        seg = Segmenter(n_classes=k, train_config=tc)
         seg.fit(img, scr, steps=args.steps)
         before = quality.iou_of(seg.predict(img).labels, truth, k)
         prep = seg.prepare(img)

@@ -4,7 +4,7 @@ Prints the median of several runs, with the ratio against a 1-thread
 baseline measured in the same process.
 
     python benchmarks/engine.py --threads 1 2 --repeats 3
-    python benchmarks/engine.py --threads 2 --model '{"pixel_features": "all"}'
+    python benchmarks/engine.py --threads 2 --model '{"width": 24}'
         # an architecture option against the defaults, interleaved in one process
     python benchmarks/engine.py --threads 1 --train '{"smoothness": 1.0}'
         # the same for a training option

@@ -8,7 +8,7 @@ updates the prediction guard held back so far.
 
     python benchmarks/long_run.py textures --seed 0 --steps 5000 --every 250
     python benchmarks/long_run.py textures --seed 0 --steps 5000 --train '{"prediction_guard": 0}'
-    python benchmarks/long_run.py textures --seed 0 --steps 5000 --model '{"norm": "renorm"}'
+    python benchmarks/long_run.py textures --seed 0 --steps 5000 --model '{"width": 24}'
 """
 
 from __future__ import annotations

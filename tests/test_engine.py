@@ -28,7 +28,6 @@ def test_no_void_output_channel_and_valid_output_shape():
     [
         dict(width=8, depth=2, context_stride=1),
         dict(width=8),  # the default layout: pyramid filters, U-Net on a coarser grid
-        dict(width=8, pixel_features="all"),
     ],
 )
 def test_tiled_prediction_equals_untiled(shape, arch):
@@ -169,34 +168,6 @@ def test_uncertainty_and_frontier(disk_image):
     assert pred.frontier_raster.dtype == bool and pred.frontier_raster.any()
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_stem_on_all_scales_equals_the_product_on_upsampled_features(training):
-    """pixel_features="all": the stem sees every scale as a forest does, computed cheaply."""
-    import torch.nn.functional as F
-
-    torch.manual_seed(0)
-    net = build_model(ModelConfig(in_channels=2, width=8, pixel_features="all"))
-    net.train(training)
-    x = torch.rand(2, 3, 32, 48)
-    groups = net.filters.groups(x[:, :-1])
-    assert len(groups) > 1  # coarse levels exist, so the path under test runs
-    full = [groups[0][1], x[:, -1:]] + [
-        F.interpolate(t, scale_factor=f, mode="bilinear", align_corners=False)
-        for f, t in groups[1:]
-    ]
-    expected = net.stem[1](net.stem[0](torch.cat(full, dim=1)))
-    from napari_frontier.model import _pointwise
-
-    got = _pointwise(
-        [torch.cat([groups[0][1], x[:, -1:]], dim=1)] + [t for _, t in groups[1:]],
-        net.stem[0],
-        net.stem[1],
-        strides=[1] + [f for f, _ in groups[1:]],
-    )
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    assert net.stem[0].in_channels == sum(t.shape[1] for _, t in groups) + 1
-
-
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_class_argmax_is_argmax_with_first_of_ties(k):
     from napari_frontier.trainer import class_argmax
@@ -269,7 +240,6 @@ def test_filter_bank_shifted_sums_equal_the_grouped_convolution():
         dict(in_channels=1),
         dict(in_channels=3, n_classes=4),
         dict(in_channels=2, pixel_branch=False),
-        dict(in_channels=1, norm="none"),
         dict(in_channels=1, context_stride=1),
     ],
 )

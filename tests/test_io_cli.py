@@ -95,6 +95,25 @@ def test_bad_checkpoints_are_refused(tmp_path, trained):
         Segmenter.load(tmp_path / "foreign.pt")
 
 
+def test_checkpoints_with_settings_that_were_removed(tmp_path, trained):
+    """Old checkpoints name removed settings: at the value every network has they load;
+    another value is refused with a message that says which setting it is."""
+    seg, image = trained
+    payload = seg.state_dict()
+    old = {"norm": "batch", "renorm_start": 0, "fuse": "add", "pixel_features": "fine"}
+    payload["model_config"].update(old)
+    payload["train_config"].update(focus=0.25, lr_decay_steps=100.0, smoothness_kind="crf")
+    torch.save({"format": "napari-frontier", "format_version": 1, **payload}, tmp_path / "old.pt")
+    again = Segmenter.load(tmp_path / "old.pt")
+    np.testing.assert_array_equal(
+        seg.predict(image).probabilities, again.predict(image).probabilities
+    )
+    payload["model_config"]["norm"] = "renorm"
+    torch.save({"format": "napari-frontier", "format_version": 1, **payload}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"norm='renorm'.*no longer has.*retrain"):
+        Segmenter.load(tmp_path / "bad.pt")
+
+
 class _Payload:
     def __init__(self, path):
         self.path = path

@@ -1,13 +1,10 @@
-"""The label-free regularisers: they pull the frontier to image edges, and wait for the strokes."""
+"""The CRF loss: it pulls the frontier to image edges, and waits for the strokes to be fitted."""
 
-import pytest
 import torch
 
-from napari_frontier.losses import dense_crf_loss, edge_aware_smoothness
+from napari_frontier.losses import dense_crf_loss
 from napari_frontier.segmenter import Segmenter
 from napari_frontier.training import TrainConfig
-
-REGULARISERS = [edge_aware_smoothness, dense_crf_loss]
 
 
 def _split(width: int, at: int) -> torch.Tensor:
@@ -18,24 +15,22 @@ def _split(width: int, at: int) -> torch.Tensor:
     return p
 
 
-@pytest.mark.parametrize("reg", REGULARISERS)
-def test_a_frontier_on_the_image_edge_costs_less_than_one_across_a_uniform_region(reg):
+def test_a_frontier_on_the_image_edge_costs_less_than_one_across_a_uniform_region():
     image = torch.zeros(1, 1, 24, 32)
     image[..., 16:] = 1.0  # an edge between columns 15 and 16
-    on_edge = reg(_split(32, 16), image)
-    off_edge = reg(_split(32, 8), image)
+    on_edge = dense_crf_loss(_split(32, 16), image)
+    off_edge = dense_crf_loss(_split(32, 8), image)
     assert float(on_edge) < 0.01 * float(off_edge)
     # one class everywhere costs nothing: the prior never invents a frontier
-    assert float(reg(_split(32, 0), image)) == 0.0
+    assert float(dense_crf_loss(_split(32, 0), image)) == 0.0
 
 
-@pytest.mark.parametrize("reg", REGULARISERS)
-def test_invalid_pixels_take_no_part(reg):
+def test_invalid_pixels_take_no_part():
     image = torch.zeros(1, 1, 24, 32)
     valid = torch.ones(1, 24, 32, dtype=torch.bool)
     valid[..., 4:12] = False  # the frontier at column 8 lies among invalid pixels
-    assert float(reg(_split(32, 8), image, valid=valid)) == 0.0
-    assert float(reg(_split(32, 8), image)) > 0.0
+    assert float(dense_crf_loss(_split(32, 8), image, valid=valid)) == 0.0
+    assert float(dense_crf_loss(_split(32, 8), image)) > 0.0
 
 
 def _weights_after(disk_image, **train) -> dict:
@@ -49,7 +44,7 @@ def _weights_after(disk_image, **train) -> dict:
 def test_smoothness_after_leaves_the_prior_off_until_the_strokes_are_fitted(disk_image):
     assert TrainConfig().smoothness > 0 and TrainConfig().smoothness_after > 0  # the defaults
     plain = _weights_after(disk_image, smoothness=0.0)
-    crf = dict(smoothness=1.0, smoothness_kind="crf")
+    crf = dict(smoothness=1.0)
     # a bar the training accuracy cannot reach: the run is the plain one, step for step
     waiting = _weights_after(disk_image, smoothness_after=1.01, **crf)
     for k, v in plain.items():

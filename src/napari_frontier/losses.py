@@ -88,44 +88,19 @@ def masked_mse(
     return _reduce(per_pixel, mask, weight)
 
 
-def class_balance_weights(counts, eps: float = 1.0, power: float = 1.0) -> torch.Tensor:
-    """Per-class weights inversely proportional to painted pixel counts (to ``power``).
+def class_balance_weights(counts, eps: float = 1.0) -> torch.Tensor:
+    """Per-class weights inversely proportional to painted pixel counts.
 
-    ``power=1`` equalises the classes, ``0.5`` goes half way (on a log
-    scale), ``0`` weighs every pixel alike. Normalised so that the painted
-    pixels' mean weight is 1. A class with no painted pixel gets weight 0.
+    Every class then weighs the same in the loss. Normalised so that the
+    painted pixels' mean weight is 1. A class with no painted pixel gets weight 0.
     """
     counts = torch.as_tensor(counts, dtype=torch.float32)
     present = counts > 0
-    w = torch.where(present, (counts + eps) ** -float(power), torch.zeros_like(counts))
+    w = torch.where(present, (counts + eps) ** -1.0, torch.zeros_like(counts))
     total = (w * counts).sum()
     if total > 0:
         w = w * counts.sum() / total
     return w
-
-
-def edge_aware_smoothness(
-    probabilities: torch.Tensor, image: torch.Tensor, sigma: float = 0.15, valid=None
-) -> torch.Tensor:
-    """Potts-style prior: neighbouring pixels of similar colour should agree.
-
-    ``mean(w_ij * ||p_i - p_j||^2)`` over horizontal and vertical neighbour
-    pairs, with ``w_ij = exp(-||I_i - I_j||^2 / (2 sigma^2))`` from the
-    normalised image. It uses no labels at all, so it never turns void into a
-    class; it moves the predicted frontier across the unpainted band to the
-    nearest image edge (the relaxed CRF / normalised-cut idea of Tang et al.,
-    ECCV 2018). ``valid`` (N, H, W) drops pairs touching invalid pixels.
-    """
-    total = probabilities.new_zeros(())
-    for dy, dx in ((0, 1), (1, 0)):
-        h, w = probabilities.shape[-2] - dy, probabilities.shape[-1] - dx
-        pa, pb = probabilities[..., :h, :w], probabilities[..., dy:, dx:]
-        ia, ib = image[..., :h, :w], image[..., dy:, dx:]
-        weight = torch.exp(-((ia - ib) ** 2).sum(1) / (2 * sigma**2))
-        if valid is not None:
-            weight = weight * (valid[..., :h, :w] & valid[..., dy:, dx:])
-        total = total + (weight * ((pa - pb) ** 2).sum(1)).mean()
-    return total
 
 
 #: Neighbour offsets of :func:`dense_crf_loss`: every (dy, dx) with

@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Settings measured and not kept (benchmarks/RESULTS.md), with the value
+#: every network still has: old checkpoints that hold it load.
+REMOVED_SETTINGS = {"norm": "batch", "renorm_start": 0, "fuse": "add", "pixel_features": "fine"}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -43,40 +47,11 @@ class ModelConfig:
     # Resolution divisor of the context U-Net and of the coarsest filter
     # pyramid level (a power of two; 1 = everything at full resolution).
     context_stride: int = 4
-    # "batch" (BatchNorm, folded into the weights for prediction), "renorm"
-    # (batch renormalisation: BatchNorm whose training output is corrected
-    # towards the running statistics, so it predicts in eval mode as it
-    # trained; the same layers in eval mode; in the context U-Net, BatchNorm
-    # in the stem), "group" (GroupNorm in the context U-Net, BatchNorm in the
-    # stem) or "none".
-    norm: str = "batch"
-    # norm="renorm" only: training batches of plain BatchNorm before the
-    # renormalisation's clipping starts to open (0: from the second batch).
-    renorm_start: int = 0
-    # How context and per-pixel features meet at full resolution: "add"
-    # (context logits upsampled and added to per-pixel logits) or "mlp"
-    # (context features upsampled and concatenated with the stem, then a
-    # per-pixel hidden layer: context changes how local appearance is read).
-    fuse: str = "add"
-    # Features the per-pixel stem reads: "fine" (the image and the scales
-    # computed at full resolution) or "all" (every scale of the filter bank,
-    # the coarse ones brought to full resolution, as a random forest sees
-    # them; done as a 1x1 product at each pyramid level and one upsampling
-    # of its ``width`` outputs, which equals the product on upsampled features).
-    pixel_features: str = "fine"
 
     def __post_init__(self):
         s = self.context_stride
         if s < 1 or s & (s - 1):
             raise ValueError(f"context_stride must be a power of two, got {s}")
-        if self.fuse not in ("add", "mlp"):
-            raise ValueError(f"fuse must be 'add' or 'mlp', got {self.fuse!r}")
-        if self.pixel_features not in ("fine", "all"):
-            raise ValueError(f"pixel_features must be 'fine' or 'all', got {self.pixel_features!r}")
-        if self.renorm_start < 0:
-            raise ValueError(f"renorm_start must be >= 0, got {self.renorm_start}")
-        if self.renorm_start and self.norm != "renorm":
-            raise ValueError(f"renorm_start applies to norm='renorm' only, not {self.norm!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -85,17 +60,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
+        d = dict(d)
+        for key, kept in REMOVED_SETTINGS.items():
+            if key in d and (value := d.pop(key)) != kept:
+                raise ValueError(
+                    f"the network uses {key}={value!r}, which this version no longer has "
+                    f"(only {kept!r}): retrain the model"
+                )
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}")
-        d = dict(d)
         # Checkpoints written before this setting existed hold the s = 1 network.
         d.setdefault("context_stride", 1)
-        d.setdefault("norm", "batch")
-        d.setdefault("renorm_start", 0)
-        d.setdefault("fuse", "add")
-        d.setdefault("pixel_features", "fine")
         if "sigmas" in d:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)
@@ -244,7 +220,6 @@ def _pointwise(
     xs: list[torch.Tensor],
     conv: nn.Conv2d,
     bn: nn.Module | None = None,
-    strides: list[int] | None = None,
 ) -> torch.Tensor:
     """A 1x1 convolution (then BatchNorm) over the channels of ``xs`` taken in order.
 
@@ -252,23 +227,14 @@ def _pointwise(
     resolution this is several times faster on CPUs than the convolution
     routine (which reorders the data first), and the inputs need not be
     concatenated. In eval mode the BatchNorm is folded into the weights.
-
-    ``strides``: inputs after the first may be pyramid levels ``f`` times
-    coarser. A 1x1 product commutes with bilinear upsampling, so each is
-    multiplied at its own resolution and only the product is upsampled: the
-    same result as the product on upsampled inputs, at a fraction of the cost.
     """
     w, b, bn = _folded(conv, bn)
     n, _, h, wd = xs[0].shape
     out = None
     c0 = 0
-    for x, f in zip(xs, strides or [1] * len(xs), strict=True):
+    for x in xs:
         c = x.shape[1]
         y = _product(w[:, c0 : c0 + c], x)
-        if f > 1:
-            y = F.interpolate(
-                y.view(n, -1, *x.shape[-2:]), scale_factor=f, mode="bilinear", align_corners=False
-            ).view(n, -1, h * wd)
         out = y if out is None else out.add_(y)
         c0 += c
     if c0 != w.shape[1]:
@@ -283,8 +249,6 @@ def _folded(conv: nn.Conv2d, bn: nn.Module | None):
     """``(weight matrix, bias, BatchNorm left to apply)``, eval-mode BatchNorm folded in."""
     w = conv.weight.flatten(1)
     b = conv.bias
-    if isinstance(bn, nn.Identity):
-        bn = None
     if isinstance(bn, nn.BatchNorm2d) and not bn.training:
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
@@ -302,74 +266,13 @@ def _product(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.to(x.dtype).expand(n, -1, -1), x.reshape(n, c, h * wd))
 
 
-class BatchRenorm2d(nn.BatchNorm2d):
-    """Batch renormalisation (Ioffe, NeurIPS 2017) for small batches.
-
-    In training mode the batch-normalised output is multiplied by
-    ``r = sigma_B / sigma`` and shifted by ``d = (mu_B - mu) / sigma`` (running
-    statistics ``mu``, ``sigma``; ``r`` and ``d`` clipped, no gradient), which
-    makes it what eval mode computes with the running statistics. With
-    BatchNorm a network trained on 4 patches per step can come to rely on
-    each batch being normalised by its own statistics, which no fixed
-    statistics reproduce when it predicts. The clipping opens from plain
-    BatchNorm (``r = 1``, ``d = 0``) to ``r_max``, ``d_max`` over ``ramp``
-    batches, after ``start`` batches of plain BatchNorm. In eval mode (and
-    when folded) it is a BatchNorm.
-    """
-
-    def __init__(
-        self, c: int, r_max: float = 3.0, d_max: float = 5.0, ramp: int = 200, start: int = 0
-    ):
-        super().__init__(c)
-        self.r_max, self.d_max, self.ramp, self.start = r_max, d_max, ramp, start
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        n = int(self.num_batches_tracked)
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / (n + 1) if self.momentum is None else self.momentum
-        weight, bias = self.weight, self.bias
-        # plain BatchNorm up to batch ``start`` (the first batch has no
-        # running statistics to correct towards in any case)
-        if n > self.start:
-            with torch.no_grad():
-                var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
-                run_std = torch.sqrt(self.running_var + self.eps)
-                k = n - self.start
-                open_ = min(1.0, k / self.ramp) if self.ramp > 0 else 1.0
-                r_max = 1.0 + (self.r_max - 1.0) * open_
-                d_max = self.d_max * open_
-                r = (torch.sqrt(var + self.eps) / run_std).clamp_(1.0 / r_max, r_max)
-                d = ((mean - self.running_mean) / run_std).clamp_(-d_max, d_max)
-            # w * (r * x_hat + d) + b: BatchNorm with that scale and shift
-            # (r and d are constants), done by the fused kernel.
-            weight, bias = weight * r, bias + weight * d
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, weight, bias, True, factor, self.eps
-        )
-
-
-def _norm(norm: str, c: int, renorm_start: int = 0) -> nn.Module:
-    if norm == "batch":
-        return nn.BatchNorm2d(c)
-    if norm == "renorm":
-        return BatchRenorm2d(c, start=renorm_start)
-    if norm == "group":
-        return nn.GroupNorm(max(1, c // 4), c)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be 'batch', 'renorm', 'group' or 'none', got {norm!r}")
-
-
-def _block(cin: int, cout: int, norm: str = "batch", renorm_start: int = 0) -> nn.Sequential:
-    bias = norm == "none"
+def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
-        _norm(norm, cout, renorm_start),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
-        _norm(norm, cout, renorm_start),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
 
@@ -392,37 +295,23 @@ class FrontierNet(nn.Module):
             per = FilterBank.per_scale * c
             n_fine += per * sum(f == 1 for f in self.filters.strides)
             n_coarse = per * sum(f > 1 for f in self.filters.strides)
-        # The stem normalises over all pixels of the batch, a stable sample
-        # even for "group" (whose per-patch statistics would differ between
-        # a training patch and a prediction tile at full resolution) and
-        # "renorm" (its corrections are for the few pixels of the U-Net's
-        # coarse grid; the stem's statistics come from ~37 000 pixels a batch).
-        stem_norm = "batch" if config.norm in ("group", "renorm") else config.norm
-        n_stem = n_fine + 1 + (n_coarse if config.pixel_features == "all" else 0)
         self.stem = nn.Sequential(
-            nn.Conv2d(n_stem, config.width, 1, bias=stem_norm == "none"),
-            _norm(stem_norm, config.width),
+            nn.Conv2d(n_fine + 1, config.width, 1, bias=False),
+            nn.BatchNorm2d(config.width),
             nn.ReLU(inplace=True),
         )
         widths = [config.width * 2**i for i in range(config.depth + 1)]
         self.down = nn.ModuleList()
         prev = config.width + n_coarse
         for w in widths:
-            self.down.append(_block(prev, w, config.norm, config.renorm_start))
+            self.down.append(_block(prev, w))
             prev = w
         self.up = nn.ModuleList()
         self.upconv = nn.ModuleList()
         for w in reversed(widths[:-1]):
             self.upconv.append(nn.ConvTranspose2d(prev, w, 2, stride=2))
-            self.up.append(_block(2 * w, w, config.norm, config.renorm_start))
+            self.up.append(_block(2 * w, w))
             prev = w
-        self.fuse = None
-        if config.fuse == "mlp":
-            # context features (upsampled) + stem -> hidden -> logits, per pixel
-            self.head = nn.Conv2d(prev, config.width, 1)
-            self.fuse = nn.Conv2d(2 * config.width, config.width, 1)
-            self.pixel = nn.Conv2d(config.width, config.n_classes, 1)
-            return
         self.head = nn.Conv2d(prev, config.n_classes, 1)
         self.pixel = None
         if config.pixel_branch:
@@ -464,8 +353,6 @@ class FrontierNet(nn.Module):
         image, validity = x[:, :-1], x[:, -1:]
         groups = [(1, image)] if self.filters is None else self.filters.groups(image)
         s = self.config.context_stride
-        # pixel_features="all": the coarser pyramid levels too
-        levels = groups[1:] if self.config.pixel_features == "all" else []
         # Strips only where every pixel is computed on its own: no gradients,
         # and a stem normalisation with fixed statistics (not one recomputed
         # from the batch, as when statistics are recalibrated).
@@ -473,20 +360,13 @@ class FrontierNet(nn.Module):
         if (
             not torch.is_grad_enabled()
             and not self.stem[1].training
-            and not levels
-            and self.fuse is None
             and x.shape[-2] % s == 0
             and x.shape[-1] % s == 0
         ):
             pooled, pixel = self._stem_strips(groups[0][1], validity, s)
         else:
             stem = torch.relu_(
-                _pointwise(
-                    [torch.cat([groups[0][1], validity], dim=1)] + [t for _, t in levels],
-                    self.stem[0],
-                    self.stem[1],
-                    strides=[1] + [f for f, _ in levels],
-                )
+                _pointwise([torch.cat([groups[0][1], validity], dim=1)], self.stem[0], self.stem[1])
             )
             pooled = F.avg_pool2d(stem, s) if s > 1 else stem
         h = pooled
@@ -504,11 +384,6 @@ class FrontierNet(nn.Module):
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
             h = block(torch.cat([upconv(h), skip], dim=1))
         out = self.head(h)
-        if self.fuse is not None:
-            if s > 1:
-                out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
-            hidden = torch.relu_(_pointwise([stem, out], self.fuse))
-            return _pointwise([hidden], self.pixel)
         if s > 1:
             out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
         if self.pixel is not None:

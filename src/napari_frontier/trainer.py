@@ -32,18 +32,19 @@ import torch
 from .device import autocast_dtype
 from .inference import predict_probabilities
 from .labels import IGNORE
-from .losses import (
-    class_balance_weights,
-    dense_crf_loss,
-    edge_aware_smoothness,
-    masked_cross_entropy,
-)
+from .losses import class_balance_weights, dense_crf_loss, masked_cross_entropy
 from .sampling import PatchSampler
 from .training import TrainConfig, TrainingDiverged, TrainingOutOfMemory, TrainUpdate
 from .training_data import TrainingData
 
 #: Smallest training patch side tried after running out of memory.
 MIN_PATCH = 16
+#: Seed of the patches BatchNorm statistics (and the prediction guard) are
+#: computed over: the same patches every time, so predictions change only as
+#: the weights do.
+STATISTICS_SEED = 12345
+#: Seed of the held-out patches scored at updates: the same every time, a steady curve.
+HOLDOUT_SEED = 12345
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -345,7 +346,6 @@ class Trainer:
         )
         self._start = self._last_update = time.perf_counter()
         self._last_holdout = -math.inf
-        self._lr_origin = step  # steps of the learning-rate decay count from here
         self.loss = self.accuracy = float("nan")  # running averages over the steps
         self.holdout_accuracy: float | None = None
         #: What the next report tells the user ("" if nothing).
@@ -367,7 +367,6 @@ class Trainer:
         # Statistics are recomputed when something predicts at an update, not
         # at every update: the steps in between go to training.
         self._statistics_due = False
-        self._last_statistics = step
         self._final_statistics = False
 
     # -- the loop -------------------------------------------------------------------
@@ -398,10 +397,8 @@ class Trainer:
         try:
             cw = None
             if cfg.class_balance:
-                cw = class_balance_weights(
-                    sampler.class_counts(), power=cfg.class_balance_power
-                ).to(self.device)
-            xb, tb = draw_batch(sampler, self.batch_size, self.device, focus=True)
+                cw = class_balance_weights(sampler.class_counts()).to(self.device)
+            xb, tb = draw_batch(sampler, self.batch_size, self.device)
             logits = forward(model, xb, self.amp_dtype)
             loss = masked_cross_entropy(logits, tb, class_weights=cw)
             if cfg.smoothness > 0 and (
@@ -409,8 +406,7 @@ class Trainer:
             ):
                 probs = torch.softmax(logits.float(), dim=1)
                 valid = xb[:, -1] > 0.5
-                reg = dense_crf_loss if cfg.smoothness_kind == "crf" else edge_aware_smoothness
-                loss = loss + cfg.smoothness * reg(
+                loss = loss + cfg.smoothness * dense_crf_loss(
                     probs, xb[:, :-1].float(), cfg.smoothness_sigma, valid=valid
                 )
             if not torch.isfinite(loss):
@@ -419,11 +415,6 @@ class Trainer:
                     "the last good weights were kept. Try a lower learning rate."
                 )
             opt.zero_grad(set_to_none=True)
-            if cfg.lr_decay_steps > 0:
-                n = self.global_step - self._lr_origin
-                lr = cfg.learning_rate / math.sqrt(1 + n / cfg.lr_decay_steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
             if self._scaler is not None:
                 self._scaler.scale(loss).backward()
                 self._scaler.step(opt)
@@ -444,10 +435,6 @@ class Trainer:
         with torch.no_grad():
             scored = tb != IGNORE
             acc = (class_argmax(logits)[scored] == tb[scored]).float().mean().item()
-            if sampler.focus > 0 and sampler.last_origins:
-                p = torch.softmax(logits.float(), dim=1)
-                p_true = p.gather(1, torch.where(scored, tb, 0)[:, None])[:, 0]
-                sampler.feedback((1 - p_true).cpu().numpy(), scored.cpu().numpy())
         lv = loss.item()
         self.loss = lv if math.isnan(self.loss) else 0.9 * self.loss + 0.1 * lv
         self.accuracy = acc if math.isnan(self.accuracy) else 0.9 * self.accuracy + 0.1 * acc
@@ -473,11 +460,7 @@ class Trainer:
         now = time.perf_counter()
         self.good_weights = copy.deepcopy(self.model.state_dict())
         self.good_step = self.global_step
-        if self.global_step - self._last_statistics >= cfg.bn_recalibration_steps or (
-            self.global_step - self._first_step == 1
-        ):
-            self._statistics_due = True
-            self._last_statistics = self.global_step
+        self._statistics_due = True
         if now - self._last_holdout >= cfg.holdout_interval:
             self.holdout_accuracy = self._holdout_score()
             self._last_holdout = time.perf_counter()
@@ -501,7 +484,6 @@ class Trainer:
         for f in fresh:
             self._fresh.score(self.model, self.device, f.x, f.old, f.new, f.origin)
         self.message = message
-        self._lr_origin = self.global_step
 
     def finish(self) -> None:
         """Final BatchNorm statistics, once, for the model and the weights that predict.
@@ -541,7 +523,7 @@ class Trainer:
         ``final``: more batches, and the model's statistics too.
         """
         cfg, avg = self.config, self.average
-        seed = self.global_step if cfg.bn_recalibration_seed is None else cfg.bn_recalibration_seed
+        seed = STATISTICS_SEED
         batches = cfg.bn_recalibration_final if final else cfg.bn_recalibration
         sampler, device, size, amp = self.data.sampler, self.device, self.batch_size, self.amp_dtype
         if avg is None:
@@ -609,8 +591,7 @@ class Trainer:
         holdout = self.data.holdout
         if holdout.class_counts().sum() == 0:
             return None
-        # the same patches every time: a steady curve
-        return stroke_accuracy(module, holdout, self.device, 1, 8, 12345, augment=False)
+        return stroke_accuracy(module, holdout, self.device, 1, 8, HOLDOUT_SEED, augment=False)
 
     def _report(self, done: bool) -> TrainUpdate:
         elapsed = time.perf_counter() - self._start

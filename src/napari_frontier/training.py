@@ -19,14 +19,6 @@ class TrainConfig:
 
     patch_size: int = 96
     batch_size: int = 4
-    #: Pixels of image context added around each training patch, with the
-    #: loss on the centre ``patch_size`` only (0 = the loss covers the
-    #: whole patch, whose border pixels see zero padding as context).
-    context_margin: int = 0
-    #: Scale augmentation: each patch is cut ``2 ** u`` times its side, u
-    #: uniform in [-scale_augment, scale_augment], and resized to the patch
-    #: (bilinear image, nearest targets); 0 = off. Only without a context margin.
-    scale_augment: float = 0.0
     #: Brightness / contrast jitter of training patches, the same for every
     #: channel (colours keep their hue): a gain uniform in [1.25 ** -j,
     #: 1.25 ** j] and a shift uniform in [-0.1 j, 0.1 j] of the normalised
@@ -42,10 +34,6 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     class_balance: bool = True
-    #: Class weights are ``painted pixels ** -class_balance_power`` (1 =
-    #: every class weighs the same in the loss; patch centres are drawn
-    #: class-uniformly in any case).
-    class_balance_power: float = 1.0
     #: Fraction of strokes held out of training (a fixed split). 0, the
     #: default: every stroke trains, and a stroke painted while training runs
     #: is first scored by the current model (test-then-train).
@@ -71,10 +59,6 @@ class TrainConfig:
     #: 0.15 (mean 0.717 / 0.715 / 0.822 against 0.717 / 0.731 / 0.816, worst
     #: image 0.636 against 0.660), 0.3 worse (0.711 / 0.706 / 0.801).
     smoothness_sigma: float = 0.15
-    #: Label-free regulariser weighted by ``smoothness``: "neighbours"
-    #: (4-neighbour edge-aware smoothness) or "crf" (relaxed Potts / CRF
-    #: loss over a window of neighbours, :func:`losses.dense_crf_loss`).
-    smoothness_kind: str = "crf"
     #: The regulariser acts only while the running accuracy on painted
     #: pixels of the training batches is at least this (0 = always): the
     #: strokes are fitted first, then the prior shapes the frontier between
@@ -95,20 +79,6 @@ class TrainConfig:
     #: ... and over this many at the end of training (the weights that are
     #: kept, saved and exported; also after a stop).
     bn_recalibration_final: int = 32
-    #: Seed of the patches the statistics are computed over: the same
-    #: patches every time, so predictions change only as the weights do
-    #: (None = new patches at every update). Measured: with new patches at
-    #: every step a CT lesion's IoU jumped between 0.17 and 0.85 from one
-    #: four-step interval to the next.
-    bn_recalibration_seed: int | None = 12345
-    #: ... at most once every this many steps (and always at the first and
-    #: last update). Measured: every 16 steps still let a texture image
-    #: collapse to IoU 0.000 at 150 steps; at every update it did not.
-    bn_recalibration_steps: int = 1
-    #: Learning rate at step n is ``learning_rate / sqrt(1 + n / lr_decay_steps)``
-    #: (no horizon needed: training may run for any time), n counted from the
-    #: start of training and from the last change of the strokes; 0 = constant.
-    lr_decay_steps: float = 0.0
     #: The weights that predict (the weight average, ``ema > 0``) are replaced
     #: at an update only if, with their recomputed statistics, they get the
     #: painted pixels of the first quarter of the statistics batches right at most
@@ -118,18 +88,6 @@ class TrainConfig:
     #: image the average predicted one class everywhere (right on 58 % of
     #: the painted pixels against 100 % in training; IoU 0.86 -> 0.40).
     prediction_guard: float = 0.1
-    #: Share of training patch centres drawn where the model is still wrong:
-    #: in proportion to the running error (1 - p(true class)) of painted
-    #: pixels in 8-px cells, measured on the training batches themselves
-    #: (new strokes count as wrong until seen); the rest as before. 0 = off.
-    #: Measured at 0.25 (dev set, 11 images, 3 seeds, 150 / 300 / 1500
-    #: steps): mean IoU 0.713 / 0.732 / 0.808 -> 0.711 / 0.764 / 0.821 and a
-    #: CT lesion found by every seed, but an MRI seed swings between 0.27
-    #: and 0.73 from 1400 to 3000 steps (the defaults: 0.59-0.66) and the
-    #: 60-s mean is 0.805 against 0.816, so it is off by default. At 0.1, or
-    #: only until the strokes are fitted, the trade stays (benchmarks/RESULTS.md,
-    #: thirteenth round).
-    focus: float = 0.0
     update_interval: float = 0.25
     holdout_interval: float = 1.0
 

@@ -103,8 +103,7 @@ class TrainingData:
         # training and held-out strokes: the same images, other targets
         self.sampler, self.holdout = (
             PatchSampler(xs, [u[j] for u in units], n_classes, tc.patch_size, self.rng,
-                         tc.context_margin, scale=tc.scale_augment,
-                         focus=tc.focus if j == 1 else 0.0, jitter=tc.intensity_jitter)
+                         jitter=tc.intensity_jitter)
             for j in (1, 2)
         )  # fmt: skip
 

@@ -46,7 +46,7 @@ def _augment(x, t, rng, jitter=1.0):
             img += np.float32(-sh * 0.1 + 0.2 * sh * q)
     if rng.random() < 0.3:
         img += rng.normal(0, 0.02, size=img.shape).astype(np.float32)
-    return x, np.ascontiguousarray(t), k, flip
+    return x, np.ascontiguousarray(t)
 
 
 s._augment = _augment
