@@ -279,12 +279,19 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _children_rss_mib() -> float:
+    """Peak resident memory of the largest finished child process (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def report(walls, cpus, mpx, args) -> None:
     med = statistics.median(walls)
     print(
         f"frontier predict {args.size}x{args.size} uint16 TIFF, {args.threads} threads: "
         f"median {med:.2f} s of {', '.join(f'{w:.2f}' for w in walls)} -> {mpx / med:.2f} Mpx/s; "
-        f"CPU time median {statistics.median(cpus):.2f} s"
+        f"CPU time median {statistics.median(cpus):.2f} s; peak RSS {_children_rss_mib():.0f} MiB"
     )
 
 
