@@ -51,7 +51,7 @@ def main() -> None:
         seg.model.train()
         with torch.no_grad():
             for _ in range(50):
-                x, _ = s.sample(4, augment=False)
+                x = s.sample(4, augment=False).x
                 seg.model(torch.from_numpy(x))
         after = quality.iou_of(seg.predict(img).labels, truth, k)
         shift = [

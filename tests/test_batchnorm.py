@@ -62,7 +62,7 @@ def test_recalibration_gives_the_statistics_of_the_current_weights(disk_image):
     ref.rng = np.random.default_rng(5)
     means = []
     for _ in range(3):
-        x, _ = ref.sample(4)
+        x = ref.sample(4).x
         feats = net.filters.groups(torch.from_numpy(x)[:, :-1])[0][1]
         z = net.stem[0](torch.cat([feats, torch.from_numpy(x)[:, -1:]], 1))
         means.append(z.mean((0, 2, 3)))

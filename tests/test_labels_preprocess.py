@@ -97,7 +97,7 @@ def test_intensity_jitter_keeps_the_colour_that_tells_classes_apart(jitter):
     colours = np.array([[0.6, 0.4, 0.5], [0.4, 0.6, 0.5]], np.float32)  # class -> RGB
     x = np.concatenate([colours[t].transpose(2, 0, 1), np.ones((1, h, w), np.float32)])
     s = PatchSampler([x], [t], 2, 16, np.random.default_rng(0), jitter=jitter)
-    xs, ts = s.sample(200)
+    xs, ts, _ = s.sample(200)
     assert np.all(xs[:, -1] == 1.0), "the validity channel is never jittered"
     scored = ts != IGNORE
     diff = (xs[:, 0] - xs[:, 1])[scored]

@@ -192,7 +192,7 @@ def test_sampler_weights_images_by_painted_pixels():
     t_many = np.full((64, 64), -1)
     t_many[10:30, 10:30] = 0  # 400 painted pixels
     s = PatchSampler([few, many], [t_few, t_many], 2, 16, np.random.default_rng(0))
-    x, _ = s.sample(300, augment=False)
+    x = s.sample(300, augment=False).x
     from_few = int((x[:, 0].mean(axis=(1, 2)) < 0.5).sum())
     assert from_few < 15  # about 1 %, not the 50 % of a uniform choice of image
 

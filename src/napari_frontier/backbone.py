@@ -30,6 +30,7 @@ import math
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -333,3 +334,48 @@ def backbone_features(
                 s = t
             out.append(_resample(f, s, offset, t, size))
     return torch.cat(out, 1)
+
+
+#: Channels of :func:`backbone_features` with every stride.
+FEATURE_CHANNELS = sum(Backbone.channels)
+
+
+def network_features(x: torch.Tensor, stride: int = 4) -> torch.Tensor:
+    """:func:`backbone_features` of network input ``(N, C + 1, H, W)`` at ``1 / stride`` resolution."""
+    return backbone_features(backbone_input(x.float()), load_backbone(x.device), out_stride=stride)
+
+
+@torch.no_grad()
+def image_features(
+    x: np.ndarray, device: torch.device | str = "cpu", stride: int = 4, tile: int = 512
+) -> np.ndarray:
+    """:func:`backbone_features` of a whole prepared image ``(C + 1, H, W)``, tile by tile.
+
+    Returns float16 ``(sum(channels), ceil(H / stride), ceil(W / stride))``. Tiles
+    carry :data:`reach` pixels of reflected context (as predictions do), so
+    the result matches one pass over the whole image within
+    :data:`REACH_TOLERANCE`, with memory bounded by the tile.
+    """
+    device = torch.device(device)
+    backbone = load_backbone(device)
+    _, h, w = x.shape
+    halo = reach
+    step = max(16, tile // 16 * 16)
+    hp, wp = -(-h // step) * step, -(-w // step) * step
+    xp = np.pad(x, ((0, 0), (halo, halo + hp - h), (halo, halo + wp - w)), mode="reflect")
+    out = np.empty((sum(backbone.channels), -(-h // stride), -(-w // stride)), dtype=np.float16)
+    for y0 in range(0, hp, step):
+        for x0 in range(0, wp, step):
+            window = xp[:, y0 : y0 + step + 2 * halo, x0 : x0 + step + 2 * halo]
+            f = network_features(
+                torch.from_numpy(np.ascontiguousarray(window))[None].to(device), stride
+            )[0]
+            f = f[
+                :,
+                halo // stride : (halo + step) // stride,
+                halo // stride : (halo + step) // stride,
+            ]
+            ty, tx = y0 // stride, x0 // stride
+            ny, nx = min(f.shape[1], out.shape[1] - ty), min(f.shape[2], out.shape[2] - tx)
+            out[:, ty : ty + ny, tx : tx + nx] = f[:, :ny, :nx].cpu().numpy()
+    return out

@@ -47,11 +47,23 @@ class ModelConfig:
     # Resolution divisor of the context U-Net and of the coarsest filter
     # pyramid level (a power of two; 1 = everything at full resolution).
     context_stride: int = 4
+    #: Activations of a frozen ImageNet backbone (:mod:`napari_frontier.backbone`),
+    #: read per pixel at the context resolution and added to the logits.
+    backbone: bool = False
 
     def __post_init__(self):
         s = self.context_stride
         if s < 1 or s & (s - 1):
             raise ValueError(f"context_stride must be a power of two, got {s}")
+        if self.backbone and s < 2:
+            raise ValueError("backbone features need context_stride >= 2")
+
+    @property
+    def features(self) -> str:
+        """``"filters"``, ``"pretrained"`` or ``"both"``: what the network reads."""
+        return {(True, False): "filters", (False, True): "pretrained", (True, True): "both"}.get(
+            (self.use_filters, self.backbone), "none"
+        )
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -72,6 +84,7 @@ class ModelConfig:
             raise ValueError(f"unknown model settings {sorted(unknown)}")
         # Checkpoints written before this setting existed hold the s = 1 network.
         d.setdefault("context_stride", 1)
+        d.setdefault("backbone", False)  # ... and before this one, no backbone
         if "sigmas" in d:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)
@@ -86,7 +99,27 @@ class ModelConfig:
         """Context in pixels a tile needs on each side for seamless tiling."""
         s = self.context_stride
         filt = math.ceil(4 * max(self.sigmas)) + 2 * s + 2 if self.use_filters else 0
-        return filt + s * (2 * (2 ** (self.depth + 1)) + 8)
+        own = filt + s * (2 * (2 ** (self.depth + 1)) + 8)
+        if not self.backbone:
+            return own
+        from .backbone import reach
+
+        return max(own, reach + 2 * s)  # the backbone's features are read per pixel
+
+
+#: ``--features`` choices and the settings they stand for.
+FEATURES = {
+    "filters": {"use_filters": True, "backbone": False},
+    "pretrained": {"use_filters": False, "backbone": True},
+    "both": {"use_filters": True, "backbone": True},
+}
+
+
+def features_settings(features: str) -> dict:
+    """The :class:`ModelConfig` settings of a ``features`` choice (a clear error otherwise)."""
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+    return dict(FEATURES[features])
 
 
 def _gaussian_kernels(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -321,6 +354,20 @@ class FrontierNet(nn.Module):
             self.pixel = nn.Conv2d(config.width, config.n_classes, 1)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.pretrained = None
+        if config.backbone:
+            from .backbone import FEATURE_CHANNELS
+
+            # A per-pixel readout of the pretrained activations (no spatial
+            # convolution: they carry their own context, and a U-Net over them
+            # learns where the strokes are instead of what they cover).
+            hidden = 2 * config.width
+            self.pretrained = nn.Sequential(
+                nn.Conv2d(FEATURE_CHANNELS, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, config.n_classes, 1),
+            )
 
     #: Rows of the full-resolution stem computed at once when nothing needs
     #: gradients (prediction): the ``width``-channel stem of a whole tile is
@@ -349,7 +396,14 @@ class FrontierNet(nn.Module):
                 pixel[:, :, r0:r1] = q
         return pooled, pixel
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pretrained activations of input ``x`` at the context resolution."""
+        from .backbone import network_features
+
+        return network_features(x, self.config.context_stride)
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for ``x``; ``features`` are its :meth:`backbone_features` if already known."""
         image, validity = x[:, :-1], x[:, -1:]
         groups = [(1, image)] if self.filters is None else self.filters.groups(image)
         s = self.config.context_stride
@@ -384,6 +438,10 @@ class FrontierNet(nn.Module):
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips[:-1]), strict=True):
             h = block(torch.cat([upconv(h), skip], dim=1))
         out = self.head(h)
+        if self.pretrained is not None:
+            if features is None:
+                features = self.backbone_features(x)
+            out = out + self.pretrained(features.to(out.dtype))
         if s > 1:
             out = F.interpolate(out, scale_factor=s, mode="bilinear", align_corners=False)
         if self.pixel is not None:

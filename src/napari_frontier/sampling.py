@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .labels import IGNORE
+
+
+class Patches(NamedTuple):
+    """A batch of training patches."""
+
+    x: np.ndarray  #: ``(B, C + 1, S, S)`` float32 network input (validity last)
+    t: np.ndarray  #: ``(B, S, S)`` int64 targets (IGNORE or 0..K-1)
+    #: ``(B, F, S / stride, S / stride)`` float32 image features, or None
+    features: np.ndarray | None = None
 
 
 class PatchSampler:
@@ -33,6 +44,12 @@ class PatchSampler:
     jitter
         Amplitude of the brightness / contrast jitter of augmented patches,
         the same for every channel (see :func:`_augment`; 0 = none).
+    features
+        Per image, ``(F, ceil(H / stride), ceil(W / stride))`` features computed
+        once for the whole image (or an object sliced as ``f[:, rows, cols]``),
+        cut with each patch; patch origins then lie on the stride's grid.
+    feature_stride
+        Resolution divisor of ``features``.
     """
 
     def __init__(
@@ -43,8 +60,12 @@ class PatchSampler:
         patch_size: int,
         rng: np.random.Generator,
         jitter: float = 1.0,
+        features=None,
+        feature_stride: int = 4,
     ):
         self.n_classes = n_classes
+        self.feature_stride = int(feature_stride)
+        self._features = None if features is None else []
         if jitter < 0:
             raise ValueError(f"intensity jitter needs jitter >= 0, got {jitter}")
         self.jitter = float(jitter)
@@ -62,22 +83,36 @@ class PatchSampler:
         self._targets = []
         self._coords = []  # per image: list (per class) of (n, 2) painted coordinates
         self._shapes = []  # per image: (H, W) before padding
-        for x, t in zip(images, targets, strict=True):
-            self.add(x, t)
+        self._offsets = []  # per image: padding before its first row and column
+        for n, (x, t) in enumerate(zip(images, targets, strict=True)):
+            self.add(x, t, None if features is None else features[n])
 
-    def add(self, x: np.ndarray, t: np.ndarray) -> None:
-        """Add an image and its targets, padded so any patch fits."""
+    def add(self, x: np.ndarray, t: np.ndarray, features=None) -> None:
+        """Add an image, its targets (and features, if the sampler has them), padded so any patch fits."""
+        if (features is None) != (self._features is None):
+            raise ValueError("give features for every image of the sampler or for none")
         p = self.patch_size
         t = np.asarray(t).astype(self._tdtype, copy=False)
         h, w = t.shape
         self._shapes.append((h, w))
         py, px = max(0, p - h), max(0, p - w)
+        # padding before the image stays on the feature grid
+        g = 1 if features is None else self.feature_stride
+        oy, ox = py // 2 // g * g, px // 2 // g * g
         if py or px:
-            pad = ((py // 2, py - py // 2), (px // 2, px - px // 2))
+            pad = ((oy, py - oy), (ox, px - ox))
             x = np.pad(np.asarray(x, dtype=np.float32), ((0, 0), *pad), mode="constant")
             t = np.pad(t, pad, mode="constant", constant_values=IGNORE)
+            if features is not None:
+                f = np.asarray(features[:, :, :])
+                padded = np.zeros((f.shape[0], -(-(h + py) // g), -(-(w + px) // g)), f.dtype)
+                padded[:, oy // g : oy // g + f.shape[1], ox // g : ox // g + f.shape[2]] = f
+                features = padded
+        self._offsets.append((oy, ox))
         self._images.append(x)
         self._targets.append(t)
+        if features is not None:
+            self._features.append(features)
         self._coords.append([np.argwhere(t == k) for k in range(self.n_classes)])
 
     def set_targets(self, index: int, t: np.ndarray) -> None:
@@ -86,10 +121,8 @@ class PatchSampler:
         t = np.asarray(t).astype(self._tdtype, copy=False)
         th, tw = t.shape
         if (th, tw) != (h, w):
-            py, px = h - th, w - tw
-            t = np.pad(
-                t, ((py // 2, py - py // 2), (px // 2, px - px // 2)), constant_values=IGNORE
-            )
+            (oy, ox), py, px = self._offsets[index], h - th, w - tw
+            t = np.pad(t, ((oy, py - oy), (ox, px - ox)), constant_values=IGNORE)
         self._targets[index] = t
         self._coords[index] = [np.argwhere(t == k) for k in range(self.n_classes)]
 
@@ -119,21 +152,23 @@ class PatchSampler:
 
     def _offset(self, index: int) -> tuple[int, int]:
         """Padding before the first row and column of image ``index`` (see :meth:`add`)."""
-        h, w = self._targets[index].shape
-        th, tw = self._shapes[index]
-        return (h - th) // 2, (w - tw) // 2
+        return self._offsets[index]
 
     def class_counts(self) -> np.ndarray:
         return np.array(
             [sum(len(c[k]) for c in self._coords) for k in range(self.n_classes)], dtype=np.int64
         )
 
-    def sample(self, batch_size: int, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(x, t)``: ``(B, C + 1, S, S)`` float32 and ``(B, S, S)`` int64, S = patch_size."""
+    def sample(self, batch_size: int, augment: bool = True) -> Patches:
+        """A batch of :class:`Patches` of side ``S = patch_size``."""
         p = self.patch_size
         rng = self.rng
         xs = np.empty((batch_size, self._images[0].shape[0], p, p), dtype=np.float32)
         ts = np.empty((batch_size, p, p), dtype=np.int64)
+        g = self.feature_stride
+        fs = None
+        if self._features is not None:
+            fs = np.empty((batch_size, self._features[0].shape[0], p // g, p // g), np.float32)
         present = [k for k in range(self.n_classes) if any(len(c[k]) for c in self._coords)]
         for b in range(batch_size):
             k = present[rng.integers(len(present))]
@@ -150,17 +185,25 @@ class PatchSampler:
             h, w = t_full.shape
             y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
             x0 = int(np.clip(cx - rng.integers(p // 8, p - p // 8), 0, w - p))
+            f = None
+            if fs is not None:
+                y0, x0 = y0 // g * g, x0 // g * g
+                f = self._features[i][:, y0 // g : (y0 + p) // g, x0 // g : (x0 + p) // g]
             t = t_full[y0 : y0 + p, x0 : x0 + p]
             x = self._images[i][:, y0 : y0 + p, x0 : x0 + p]
             if augment:
-                x, t = _augment(x, t, rng, self.jitter)
+                x, t, f = _augment(x, t, rng, self.jitter, f)
             xs[b] = x
             ts[b] = t
-        return xs, ts
+            if fs is not None:
+                fs[b] = f
+        return Patches(xs, ts, fs)
 
 
-def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: float = 1.0):
-    """Random rot90 / flip and intensity jitter of a patch: ``(x, t)``.
+def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: float = 1.0, f=None):
+    """Random rot90 / flip and intensity jitter of a patch: ``(x, t, f)``.
+
+    Features ``f`` (or None) turn and flip with the patch; they are not jittered.
 
     ``jitter`` scales a brightness / contrast change that is the same for
     every image channel, so colours keep their hue: a gain uniform in
@@ -171,10 +214,12 @@ def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: flo
     if k:
         x = np.rot90(x, k, axes=(1, 2))
         t = np.rot90(t, k)
+        f = None if f is None else np.rot90(f, k, axes=(1, 2))
     flip = rng.random() < 0.5
     if flip:
         x = x[:, :, ::-1]
         t = t[:, ::-1]
+        f = None if f is None else f[:, :, ::-1]
     x = np.array(x, dtype=np.float32)
     # Image channels only, never the validity channel. Measured: the same
     # jitter drawn per channel shifted the hue of colour photos and kept the
@@ -189,4 +234,4 @@ def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, jitter: flo
         img += np.float32(lo + (hi - lo) * q)
     if rng.random() < 0.3:
         img += rng.normal(0, 0.02, size=img.shape).astype(np.float32)
-    return x, np.ascontiguousarray(t)
+    return x, np.ascontiguousarray(t), f

@@ -16,7 +16,7 @@ from .errors import CheckpointError, ImageError, ShapeMismatchError
 from .inference import Prediction, predict_labels, predict_probabilities
 from .io import load_checkpoint, save_checkpoint
 from .labels import DEFAULT_CLASS_NAMES
-from .model import FlipAverage, ModelConfig, build_model
+from .model import FlipAverage, ModelConfig, build_model, features_settings
 from .nd import (
     Layout,
     NormStats,
@@ -70,6 +70,10 @@ class Segmenter:
         :class:`TrainConfig`; defaults come from the benchmarks.
     model_config
         Keyword overrides for :class:`ModelConfig` (``width``, ``depth``, ...).
+    features
+        What the network reads: ``"filters"`` (a fixed multi-scale filter
+        bank), ``"pretrained"`` (a frozen ImageNet backbone's activations) or
+        ``"both"``; None: the default of :class:`ModelConfig`. Recorded in checkpoints.
     tta
         Test-time augmentation: predictions average the four flips of each
         tile (:class:`~napari_frontier.model.FlipAverage`), four times the
@@ -93,6 +97,7 @@ class Segmenter:
         model_config: dict | None = None,
         channels: Sequence[int] | None = None,
         tta: bool = False,
+        features: str | None = None,
     ):
         if n_classes < 2:
             raise ValueError("n_classes must be at least 2")
@@ -108,6 +113,8 @@ class Segmenter:
         self.tta = bool(tta)
         self.train_config = train_config or TrainConfig()
         self._model_overrides = dict(model_config or {})
+        if features is not None:
+            self._model_overrides.update(features_settings(features))
         self.model: torch.nn.Module | None = None
         self._ema: WeightAverage | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -172,6 +179,16 @@ class Segmenter:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = None
         self._ema = None
+
+    def _image_features(self):
+        """How training computes the backbone features of a slice, if the network reads them."""
+        cfg = self.model.config if self.model is not None else ModelConfig(**self._model_overrides)
+        if not cfg.backbone:
+            return None
+        from .backbone import FEATURE_CHANNELS, image_features
+
+        stride, device = cfg.context_stride, self.device
+        return (lambda x: image_features(x, device, stride), FEATURE_CHANNELS, stride)
 
     def _ensure_optimizer(self) -> None:
         if self.optimizer is None:
@@ -241,6 +258,7 @@ class Segmenter:
             images, scribble_list, [self.layout(im) for im in images],
             n_classes=self.n_classes, class_names=self.class_names, nodata=self.nodata,
             percentiles=self.percentiles, config=self.train_config,
+            features=self._image_features(),
         )  # fmt: skip
         for lay in data.layouts:
             self._ensure_model(lay.n_channels)

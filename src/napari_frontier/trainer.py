@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,22 +75,31 @@ def class_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 # -- batches in, the model called: one place each ----------------------------------
+class Inputs(NamedTuple):
+    """What the network reads for a batch: its input and, if it has them, image features."""
+
+    x: torch.Tensor
+    features: torch.Tensor | None = None
+
+
 def draw_batch(
     sampler: PatchSampler, batch_size: int, device: torch.device, **sample
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of patches ``(input, targets)`` from ``sampler``, on ``device``."""
-    x, t = sampler.sample(batch_size, **sample)
+) -> tuple[Inputs, torch.Tensor]:
+    """A batch of patches ``(inputs, targets)`` from ``sampler``, on ``device``."""
+    x, t, f = sampler.sample(batch_size, **sample)
     xb = torch.from_numpy(x).to(device, non_blocking=True)
     tb = torch.from_numpy(t).to(device, non_blocking=True)
+    fb = None if f is None else torch.from_numpy(f).to(device, non_blocking=True)
     if device.type != "cpu":
         xb = xb.contiguous(memory_format=torch.channels_last)
-    return xb, tb
+    return Inputs(xb, fb), tb
 
 
-def forward(model: torch.nn.Module, xb: torch.Tensor, amp_dtype=None) -> torch.Tensor:
+def forward(model: torch.nn.Module, inputs: Inputs, amp_dtype=None) -> torch.Tensor:
     """The model's logits for a batch (mixed precision with ``amp_dtype``)."""
-    with torch.autocast(xb.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return model(xb)
+    x, f = inputs
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return model(x) if f is None else model(x, f)
 
 
 def _seeded_batches(
@@ -405,9 +415,9 @@ class Trainer:
                 cfg.smoothness_after <= 0 or self.accuracy >= cfg.smoothness_after
             ):
                 probs = torch.softmax(logits.float(), dim=1)
-                valid = xb[:, -1] > 0.5
+                valid = xb.x[:, -1] > 0.5
                 loss = loss + cfg.smoothness * dense_crf_loss(
-                    probs, xb[:, :-1].float(), cfg.smoothness_sigma, valid=valid
+                    probs, xb.x[:, :-1].float(), cfg.smoothness_sigma, valid=valid
                 )
             if not torch.isfinite(loss):
                 raise TrainingDiverged(

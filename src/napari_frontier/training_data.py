@@ -10,6 +10,8 @@ and takes new scribbles (whole, or the box of a
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +33,9 @@ from .training import TrainConfig
 #: Normalised slices of an in-memory stack kept while training (the rest are
 #: normalised again when painted: patches are read on demand).
 _KEEP_SLICES = 2
+
+#: Bytes of image features kept while training; slices beyond it are computed again when drawn.
+FEATURE_BUDGET = 1 << 30
 
 
 class FreshTargets(NamedTuple):
@@ -59,6 +64,9 @@ class TrainingData:
         Normalisation, as the segmenter does it.
     config
         The training settings (patch size, held-out share, seed, jitter).
+    features
+        ``(features of a slice's network input, channels, stride)`` when the
+        network reads image features computed once per slice (None: it does not).
     """
 
     def __init__(
@@ -72,7 +80,9 @@ class TrainingData:
         nodata: float | None,
         percentiles: tuple[float, float],
         config: TrainConfig,
+        features: tuple[Callable[[np.ndarray], np.ndarray], int, int] | None = None,
     ):
+        self._features = None if features is None else _FeatureCache(*features, self)
         for lay in layouts:
             n = int(np.prod(lay.scribble_shape[-2:]))
             if n < 2:
@@ -100,10 +110,12 @@ class TrainingData:
         for key in self.keys:
             _check_not_constant(self.prepared(key))
         xs = [self.source(k) for k in self.keys]
+        fs = None if self._features is None else [self.features(k) for k in self.keys]
+        stride = 4 if features is None else features[2]
         # training and held-out strokes: the same images, other targets
         self.sampler, self.holdout = (
             PatchSampler(xs, [u[j] for u in units], n_classes, tc.patch_size, self.rng,
-                         jitter=tc.intensity_jitter)
+                         jitter=tc.intensity_jitter, features=fs, feature_stride=stride)
             for j in (1, 2)
         )  # fmt: skip
 
@@ -136,6 +148,10 @@ class TrainingData:
         if self._on_demand(i):
             return NormalisedSlice(self.images[i], self.layouts[i], self.stats[i], idx, self.nodata)
         return self.prepared(key).x
+
+    def features(self, key):
+        """The image features of slice ``key`` as the samplers slice them (None without)."""
+        return None if self._features is None else self._features.of(key)
 
     def _units(self, checked, rng) -> list:
         """``(key, train_targets, holdout_targets)`` of every painted slice.
@@ -199,8 +215,8 @@ class TrainingData:
                 holdout.set_targets(j, h)
             else:  # strokes on a slice that had none
                 keys.append(key)
-                sampler.add(self.source(key), t)
-                holdout.add(self.source(key), h)
+                sampler.add(self.source(key), t, self.features(key))
+                holdout.add(self.source(key), h, self.features(key))
         for j, key in enumerate(keys):
             if key not in seen:  # all strokes of that slice were erased
                 none = np.full(self.layouts[key[0]].yx, IGNORE, dtype=np.int8)
@@ -228,8 +244,9 @@ class TrainingData:
             p = self.prepared(key)
             if key not in keys:  # strokes on a slice that had none
                 keys.append(key)
-                sampler.add(self.source(key), np.full(p.shape, IGNORE, dtype=np.int8))
-                holdout.add(self.source(key), np.full(p.shape, IGNORE, dtype=np.int8))
+                none = np.full(p.shape, IGNORE, dtype=np.int8)
+                sampler.add(self.source(key), none, self.features(key))
+                holdout.add(self.source(key), none.copy(), self.features(key))
             j = keys.index(key)
             valid = p.valid[rows, cols]
             held = holdout.targets_of(j, rows, cols)
@@ -240,6 +257,44 @@ class TrainingData:
             holdout.update_region(j, rows, cols, np.where(keep, held, IGNORE))
             sampler.update_region(j, rows, cols, train)
         return "", fresh
+
+
+class _FeatureCache:
+    """Image features of painted slices, computed once each and kept within :data:`FEATURE_BUDGET`.
+
+    The least recently drawn slices are dropped beyond the budget and
+    computed again (from the same normalised slice, so the same numbers) when
+    a patch is next drawn from them.
+    """
+
+    def __init__(self, compute, channels: int, stride: int, data: TrainingData):
+        self.compute, self.channels, self.stride, self.data = compute, channels, stride, data
+        self._kept: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def get(self, key) -> np.ndarray:
+        kept = self._kept
+        if key in kept:
+            kept.move_to_end(key)
+            return kept[key]
+        kept[key] = f = self.compute(self.data.prepared(key).x)
+        while len(kept) > 1 and sum(a.nbytes for a in kept.values()) > FEATURE_BUDGET:
+            kept.popitem(last=False)
+        return f
+
+    def of(self, key) -> _SliceFeatures:
+        h, w = self.data.layouts[key[0]].yx
+        g = self.stride
+        return _SliceFeatures(self, key, (self.channels, -(-h // g), -(-w // g)))
+
+
+class _SliceFeatures:
+    """One slice's features, fetched from the cache when sliced (``f[:, rows, cols]``)."""
+
+    def __init__(self, cache: _FeatureCache, key, shape: tuple[int, int, int]):
+        self.cache, self.key, self.shape = cache, key, shape
+
+    def __getitem__(self, index):
+        return self.cache.get(self.key)[index]
 
 
 def _check_not_constant(p: Prepared) -> None:
