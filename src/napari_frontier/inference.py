@@ -46,7 +46,7 @@ def _grid(model: torch.nn.Module, shape: tuple[int, int], tile: int, halo: int |
     return halo, step, math.ceil(h / step), math.ceil(w / step)
 
 
-def _run(index: np.ndarray):
+def _as_slice(index: np.ndarray):
     """``index`` as a slice when it counts up by one (a view), else itself (a copy)."""
     if np.all(np.diff(index) == 1):
         return slice(int(index[0]), int(index[-1]) + 1)
@@ -95,7 +95,7 @@ def _tiles(model, x, device, tile, halo, batch_size, amp, progress, workers=1, p
         with torch.no_grad():
             batch = np.stack(
                 [
-                    x[:, _run(rows[y : y + side])][:, :, _run(cols[x0 : x0 + side])]
+                    x[:, _as_slice(rows[y : y + side])][:, :, _as_slice(cols[x0 : x0 + side])]
                     for y, x0 in chunk
                 ]
             )
@@ -191,9 +191,9 @@ def predict_labels(
 ) -> np.ndarray:
     """Class map ``(H, W)`` uint8 1..K: :func:`labels_of` of :func:`predict_probabilities`.
 
-    Each tile's probabilities become labels as they come, so the ``(K, H, W)``
-    float32 probabilities of the whole image are never held (the same
-    result, a quarter of the memory per class for 1 byte a pixel).
+    Each tile's probabilities become labels as they come: the ``(K, H, W)``
+    float32 probabilities of the whole image (4 bytes a pixel per class) are
+    never held, only the labels (1 byte a pixel).
     """
     _, h, w = x.shape
     _, step, ny, nx = _grid(model, (h, w), tile, halo)
