@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import math
 import threading
 from pathlib import Path
 
@@ -143,14 +142,17 @@ class Backbone(nn.Module):
             raise ValueError(f"the backbone takes (N, 3, H, W); got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         ph, pw = -h % 16, -w % 16
-        with torch.no_grad():
-            y = F.relu6(self._conv_stem(F.pad(x, (0, pw, 0, ph)) if ph or pw else x))
-            outs = []
-            for i, block in enumerate(self._blocks):
-                y = block(y)
-                if i in self._taps:
-                    s = self._block_strides[i]
-                    outs.append(y[..., : math.ceil(h / s), : math.ceil(w / s)])
+        # Frozen weights and a detached input: no autograd graph is kept, as
+        # under no_grad, and torch.export traces it (no grad-mode switch).
+        x = x.detach()
+        y = F.relu6(self._conv_stem(F.pad(x, (0, pw, 0, ph)) if ph or pw else x))
+        outs = []
+        for i, block in enumerate(self._blocks):
+            y = block(y)
+            if i in self._taps:
+                s = self._block_strides[i]
+                # integer ceil: torch.export records // of sizes but not math.ceil
+                outs.append(y[..., : -(-h // s), : -(-w // s)])
         return outs
 
 
@@ -318,21 +320,20 @@ def backbone_features(
     """
     h, w = x.shape[-2:]
     t = out_stride
-    size = (math.ceil(h / t), math.ceil(w / t))
+    size = (-(-h // t), -(-w // t))
     keep = backbone.strides if strides is None else tuple(strides)
     out = []
-    with torch.no_grad():
-        for s, f in zip(backbone.strides, backbone(x)):
-            if s not in keep:
-                continue
-            offset = float(s - 1)
-            if s < t:
-                k = t // s
-                # pooled pixel u averages pixels k u .. k u + k - 1 (ceil_mode keeps the edge)
-                f = F.avg_pool2d(f, k, k, ceil_mode=True)
-                offset = s * (k - 1) / 2.0 + offset
-                s = t
-            out.append(_resample(f, s, offset, t, size))
+    for s, f in zip(backbone.strides, backbone(x)):  # outputs without gradients
+        if s not in keep:
+            continue
+        offset = float(s - 1)
+        if s < t:
+            k = t // s
+            # pooled pixel u averages pixels k u .. k u + k - 1 (ceil_mode keeps the edge)
+            f = F.avg_pool2d(f, k, k, ceil_mode=True)
+            offset = s * (k - 1) / 2.0 + offset
+            s = t
+        out.append(_resample(f, s, offset, t, size))
     return torch.cat(out, 1)
 
 
@@ -343,6 +344,24 @@ FEATURE_CHANNELS = sum(Backbone.channels)
 def network_features(x: torch.Tensor, stride: int = 4) -> torch.Tensor:
     """:func:`backbone_features` of network input ``(N, C + 1, H, W)`` at ``1 / stride`` resolution."""
     return backbone_features(backbone_input(x.float()), load_backbone(x.device), out_stride=stride)
+
+
+class WithBackbone(nn.Module):
+    """A network that reads backbone features, with the backbone as its submodule.
+
+    For torch.export, which saves only registered weights: the network
+    otherwise takes the backbone from the process-wide cache of :func:`load_backbone`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.backbone = copy.deepcopy(load_backbone("cpu"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = backbone_features(backbone_input(x.float()), self.backbone, self.config.context_stride)
+        return self.model(x, f)
 
 
 @torch.no_grad()
