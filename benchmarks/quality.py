@@ -451,12 +451,22 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=None, help="only these images")
     p.add_argument("--train", type=json.loads, default=None, help="TrainConfig overrides (JSON)")
     p.add_argument("--model", type=json.loads, default=None, help="ModelConfig overrides (JSON)")
+    p.add_argument(
+        "--features",
+        default=None,
+        choices=["filters", "pretrained", "both"],
+        help="what the network reads (sets the --model overrides it stands for)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="processes")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads per process (the networks)"
     )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    if args.features:
+        from napari_frontier.model import features_settings
+
+        args.model = {**(args.model or {}), **features_settings(args.features)}
 
     cases = load_cases(
         None if args.no_devset else args.devset, args.sparse, args.synthetic, not args.no_samples
