@@ -185,11 +185,11 @@ def test_translation_by_16(net):
 def test_tiles_match_within_reach(net):
     from skimage import data
 
-    img = torch.from_numpy(data.gravel()[:512, :512] / 255.0).float()
+    img = torch.from_numpy(data.gravel()[:, :] / 255.0).float()
     x = bb.backbone_input(torch.stack([img, torch.ones_like(img)])[None])
     whole = bb.backbone_features(x, net)
     std = whole.std(dim=(0, 2, 3)).view(1, -1, 1, 1)
-    at, tile, r = 192, 128, bb.reach
+    at, tile, r = 208, 96, bb.reach
     assert r % 16 == 0
     part = bb.backbone_features(x[..., at - r : at + tile + r, at - r : at + tile + r], net)
     o = r // 4

@@ -54,13 +54,12 @@ _BN_EPS = 1e-3  # TensorFlow's BatchNorm epsilon, used in training the weights
 #: Pixels of context a tile needs on each side so that its stride-4 features
 #: (:func:`backbone_features`) match whole-image features to within
 #: :data:`REACH_TOLERANCE`; tile origins and halos must be multiples of 16.
-#: Measured by ``benchmarks/backbone_speed.py --reach`` (the receptive field
-#: itself is +-169 px; with 176 px the match is exact to float rounding).
-reach = 160
+#: The receptive field is +-169 px; measured by ``benchmarks/backbone_speed.py --reach``.
+reach = 192
 #: Largest difference between tiled and whole-image features with a halo of
 #: :data:`reach`, relative to each channel's standard deviation over the image
-#: (measured: at most 0.002 on a photograph and a texture mosaic).
-REACH_TOLERANCE = 0.01
+#: (measured: below 1e-4, float rounding, on a photograph and a texture mosaic).
+REACH_TOLERANCE = 1e-3
 
 
 class BackboneError(FrontierError):
@@ -373,13 +372,13 @@ def image_features(
     Returns float16 ``(sum(channels), ceil(H / stride), ceil(W / stride))``. Tiles
     carry :data:`reach` pixels of reflected context (as predictions do), so
     the result matches one pass over the whole image within
-    :data:`REACH_TOLERANCE`, with memory bounded by the tile.
+    :data:`REACH_TOLERANCE` plus float16 rounding, with memory bounded by the tile.
     """
     device = torch.device(device)
     backbone = load_backbone(device)
     _, h, w = x.shape
     halo = reach
-    step = max(16, tile // 16 * 16)
+    step = min(max(16, tile // 16 * 16), -(-max(h, w) // 16) * 16)  # no tile beyond the image
     hp, wp = -(-h // step) * step, -(-w // step) * step
     xp = np.pad(x, ((0, 0), (halo, halo + hp - h), (halo, halo + wp - w)), mode="reflect")
     out = np.empty((sum(backbone.channels), -(-h // stride), -(-w // stride)), dtype=np.float16)
