@@ -26,7 +26,7 @@ def test_no_void_output_channel_and_valid_output_shape():
 @pytest.mark.parametrize(
     "arch",
     [
-        dict(width=8, depth=2, context_stride=1),
+        dict(width=8, depth=2, context_stride=1, backbone=False),
         dict(width=8),  # the default layout: pyramid filters, U-Net on a coarser grid
     ],
 )
@@ -240,7 +240,7 @@ def test_filter_bank_shifted_sums_equal_the_grouped_convolution():
         dict(in_channels=1),
         dict(in_channels=3, n_classes=4),
         dict(in_channels=2, pixel_branch=False),
-        dict(in_channels=1, context_stride=1),
+        dict(in_channels=1, context_stride=1, backbone=False),
     ],
 )
 def test_prediction_in_strips_equals_the_whole_stem(cfg, monkeypatch):

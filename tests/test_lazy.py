@@ -117,7 +117,7 @@ class _Pixelwise(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.config = ModelConfig(
-            in_channels=1, n_classes=2, depth=1, use_filters=False, context_stride=1
+            in_channels=1, n_classes=2, depth=1, use_filters=False, context_stride=1, backbone=False
         )
         self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
 

@@ -92,7 +92,7 @@ def run() -> dict:
     # 2D, the defaults; a delta painted at step 10 is scored, then trains.
     image, scribbles, (start, box) = planar_case()
     tc = TrainConfig(seed=0, threads=1, update_interval=0.0, device="cpu")
-    seg = Segmenter(train_config=tc)
+    seg = Segmenter(train_config=tc, features="filters")
     small = np.ascontiguousarray(image[::3, ::3])
     gen = seg.training(image, scribbles, steps=PLANAR_STEPS[-1])
     upd = next(gen)
@@ -112,7 +112,7 @@ def run() -> dict:
         seed=0, threads=1, update_interval=0.0, holdout_interval=0.0, holdout_fraction=0.3,
         device="cpu", batch_size=2, patch_size=48,
     )  # fmt: skip
-    seg = Segmenter(train_config=tc, model_config=dict(width=8))
+    seg = Segmenter(train_config=tc, model_config=dict(width=8), features="filters")
     small = np.ascontiguousarray(image[:, ::2, ::2])
     gen = seg.training(image, scribbles, steps=STACK_STEPS[-1])
     upd = next(gen)
