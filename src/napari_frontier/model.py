@@ -204,7 +204,11 @@ class FilterBank(nn.Module):
         # One separable Gaussian (with a 1-pixel margin); the derivatives are
         # finite differences of the smoothed image, ~6x cheaper than separable
         # derivative-of-Gaussian passes.
-        sm = self._sep(F.pad(x, (r, r, r, r), mode=mode), g)
+        return self._derivatives(self._sep(F.pad(x, (r, r, r, r), mode=mode), g), s)
+
+    @staticmethod
+    def _derivatives(sm: torch.Tensor, s: float) -> list[torch.Tensor]:
+        """The five features of a scale from its smoothed image ``sm`` (1-pixel margin)."""
         c = sm[..., 1:-1, 1:-1]
         up, down = sm[..., :-2, 1:-1], sm[..., 2:, 1:-1]
         left, right = sm[..., 1:-1, :-2], sm[..., 1:-1, 2:]
@@ -218,16 +222,19 @@ class FilterBank(nn.Module):
         disc = torch.sqrt(((hxx - hyy) * s * s) ** 2 + 4 * (hxy * s * s) ** 2 + 1e-12)
         return [c, gm, tr, 0.5 * (tr + disc), 0.5 * (tr - disc)]
 
-    def groups(self, x: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    def groups(self, x: torch.Tensor, full: bool = True) -> list[tuple[int, torch.Tensor]]:
         """``(stride, features)`` per pyramid level, in channel order.
 
         Consecutive scales computed at the same level share one tensor, at
         that level's resolution; the first group is full resolution and
-        starts with ``x`` itself.
+        starts with ``x`` itself (``full=False``: ``x`` alone, for
+        :meth:`full_resolution_strips`).
         """
         pooled = {1: x}
         runs: list[tuple[int, list[torch.Tensor]]] = [(1, [x])]
         for i, (s, f) in enumerate(zip(self.sigmas, self.strides, strict=True)):
+            if f == 1 and not full:
+                continue
             if f not in pooled:
                 pooled[f] = F.avg_pool2d(x, f)
             level = self._scale(pooled[f], self.taps(i, x.dtype), s / f)
@@ -236,6 +243,27 @@ class FilterBank(nn.Module):
             else:
                 runs.append((f, level))
         return [(f, torch.cat(feats, dim=1)) for f, feats in runs]
+
+    def full_resolution_strips(self, x: torch.Tensor, rows: int):
+        """Yield ``(r0, r1, features)``: rows ``r0:r1`` of the first group of :meth:`groups`.
+
+        The same numbers, a strip at a time: a strip's features stay in cache
+        instead of whole-tile ones (a tenth less time per tile on a CPU).
+        """
+        h, w = x.shape[-2:]
+        padded = []
+        for i, (s, f) in enumerate(zip(self.sigmas, self.strides, strict=True)):
+            if f == 1:
+                g = self.taps(i, x.dtype)
+                r = len(g) // 2 + 1
+                mode = "reflect" if r < h and r < w else "replicate"
+                padded.append((F.pad(x, (r, r, r, r), mode=mode), g, r, s))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            feats = [x[..., r0:r1, :]]
+            for xp, g, r, s in padded:
+                feats += self._derivatives(self._sep(xp[..., r0 : r1 + 2 * r, :], g), s)
+            yield r0, r1, torch.cat(feats, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """All features at full resolution (for inspection)."""
@@ -375,16 +403,19 @@ class FrontierNet(nn.Module):
     #: (fresh allocations of ~100 MB cost as much as the product itself).
     strip_rows = 64
 
-    def _stem_strips(self, x0: torch.Tensor, validity: torch.Tensor, s: int):
+    def _stem_strips(self, image: torch.Tensor, validity: torch.Tensor, s: int):
         """``(stem average-pooled by s, per-pixel logits)`` computed strip by strip."""
-        n, _, h, w = x0.shape
+        n, _, h, w = image.shape
         rows = max(s, self.strip_rows // s * s)
-        pooled = pixel = None
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            st = torch.relu_(
-                _pointwise([x0[:, :, r0:r1], validity[:, :, r0:r1]], self.stem[0], self.stem[1])
+        if self.filters is not None:
+            strips = self.filters.full_resolution_strips(image, rows)
+        else:
+            strips = (
+                (r0, min(h, r0 + rows), image[:, :, r0 : r0 + rows]) for r0 in range(0, h, rows)
             )
+        pooled = pixel = None
+        for r0, r1, x0 in strips:
+            st = torch.relu_(_pointwise([x0, validity[:, :, r0:r1]], self.stem[0], self.stem[1]))
             p = F.avg_pool2d(st, s) if s > 1 else st
             if pooled is None:
                 pooled = st.new_empty((n, p.shape[1], h // s, w // s))
@@ -405,19 +436,20 @@ class FrontierNet(nn.Module):
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for ``x``; ``features`` are its :meth:`backbone_features` if already known."""
         image, validity = x[:, :-1], x[:, -1:]
-        groups = [(1, image)] if self.filters is None else self.filters.groups(image)
         s = self.config.context_stride
         # Strips only where every pixel is computed on its own: no gradients,
         # and a stem normalisation with fixed statistics (not one recomputed
         # from the batch, as when statistics are recalibrated).
-        stem = pixel = None
-        if (
+        strips = (
             not torch.is_grad_enabled()
             and not self.stem[1].training
             and x.shape[-2] % s == 0
             and x.shape[-1] % s == 0
-        ):
-            pooled, pixel = self._stem_strips(groups[0][1], validity, s)
+        )
+        groups = [(1, image)] if self.filters is None else self.filters.groups(image, not strips)
+        stem = pixel = None
+        if strips:  # the full-resolution features too, strip by strip
+            pooled, pixel = self._stem_strips(image, validity, s)
         else:
             stem = torch.relu_(
                 _pointwise([torch.cat([groups[0][1], validity], dim=1)], self.stem[0], self.stem[1])
