@@ -245,6 +245,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     image, model = make_inputs(args.cache, args.size, args.steps)
     mask = args.mask or args.cache / "mask.tif"
+    mask.unlink(missing_ok=True)  # the hash printed is of this run's mask
     argv = predict_args(model, image, mask, args.threads)
     env = dict(os.environ)
     import napari_frontier
@@ -271,7 +272,8 @@ def main() -> None:
             accounted += s
         print(f"  {'rest':<30} {res['in_child'] - accounted:6.2f} s")
         print(f"  {'exit':<30} {res['exit']:6.2f} s")
-    print(f"mask {mask.name} pixels sha256 {pixel_sha256(mask)[:16]}")
+    if mask.exists():
+        print(f"mask {mask.name} pixels sha256 {pixel_sha256(mask)[:16]}")
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 
