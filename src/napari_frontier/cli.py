@@ -71,29 +71,31 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--until-stable",
         action="store_true",
-        help="stop once the prediction (of a central crop of the first image) has been "
-        "stable for --stable-seconds; --seconds / --steps cap it (default cap 300 s)",
+        help="stop once more training changes little: the prediction of the first image, "
+        "compared every eighth of --stable-window steps, moved over the window no more than "
+        "--stable-ratio times its wobble between comparisons (or 1.5 px); --seconds / "
+        "--steps cap it (default cap 300 s)",
     )
     t.add_argument(
-        "--stable-seconds",
+        "--stable-ratio",
         type=float,
-        default=20.0,
-        metavar="S",
-        help="how long the prediction must stay stable (default 20)",
+        default=1.5,
+        metavar="R",
+        help="largest move over the window, in mean moves between comparisons (default 1.5)",
     )
     t.add_argument(
-        "--stable-threshold",
-        type=float,
-        default=0.001,
-        metavar="F",
-        help="largest fraction of pixels that may change while stable (default 0.001 = 0.1 %%)",
+        "--stable-window",
+        type=int,
+        default=2000,
+        metavar="STEPS",
+        help="training steps looked back (default 2000)",
     )
     t.add_argument(
-        "--stable-interval",
-        type=float,
-        default=2.0,
-        metavar="S",
-        help="seconds between the predictions compared (default 2)",
+        "--stable-min-steps",
+        type=int,
+        default=1500,
+        metavar="STEPS",
+        help="no stop before this many training steps (default 1500)",
     )
     t.add_argument(
         "--classes",
@@ -354,7 +356,7 @@ def _train(args) -> int:
     stopped = None
     with bar, _keep_model_on_failure(seg, args.output):
         if args.until_stable:
-            from .convergence import fit_until_stable
+            from .convergence import DEFAULT_WINDOW, fit_until_stable
 
             stopped = fit_until_stable(
                 seg,
@@ -362,9 +364,10 @@ def _train(args) -> int:
                 scribbles,
                 max_seconds=args.seconds,
                 max_steps=args.steps,
-                threshold=args.stable_threshold,
-                window=args.stable_seconds,
-                interval=args.stable_interval,
+                ratio=args.stable_ratio,
+                every=max(1, args.stable_window // DEFAULT_WINDOW),
+                window=DEFAULT_WINDOW,
+                min_steps=args.stable_min_steps,
                 callback=show,
             )
             last = stopped.update

@@ -320,7 +320,9 @@ class SlicePredictor:
         sub = 2 if core[0].size > 512 * 512 else 1
         labels = np.nan_to_num(core[:, ::sub, ::sub], nan=-1.0).argmax(0).astype(np.uint8) + 1
         labels[~valid[::sub, ::sub]] = 0
-        stability = self.monitor.update(labels, key=(self.index, (r0, r1, c0, c1)))
+        stability = self.monitor.update(
+            labels, step, key=(self.index, (r0, r1, c0, c1), version), scale=sub
+        )
         return OverlayDelta(
             index=self.index,
             region=(f0, f1, e0, e1),
