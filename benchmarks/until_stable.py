@@ -1,6 +1,6 @@
 """Does `--until-stable` stop, and at the right time? IoU at its stop against fixed budgets.
 
-Three steps, all counted in training steps (the same on any load; ~25
+Four commands, all counted in training steps (the same on any load; ~25
 steps/s on one CPU thread, so 1500 / 7500 steps stand for 60 / 300 s):
 
 ``trace``: one continuous training run per image and seed (updates after
