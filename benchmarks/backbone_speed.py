@@ -1,4 +1,4 @@
-"""Speed of the frozen backbone (``napari_frontier.backbone``) on CPU, and its reach.
+"""Speed of the frozen backbone (``napari_frontier.learning.backbone``) on CPU, and its reach.
 
 Speed: megapixels of input per second of ``Backbone.forward`` for square
 images, per torch thread count, in fp32, fp32 channels_last and bf16 autocast,
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_frontier.backbone import backbone_features, load_backbone
+from napari_frontier.learning.backbone import backbone_features, load_backbone
 
 
 def _forward(net, x, mode: str):
@@ -91,8 +91,8 @@ def _reach_images() -> dict[str, np.ndarray]:
 
 
 def reach(halos, tile: int = 512, at: int = 256) -> list[dict]:
-    from napari_frontier.backbone import backbone_input
-    from napari_frontier.preprocess import prepare
+    from napari_frontier.data.normalise import prepare
+    from napari_frontier.learning.backbone import backbone_input
 
     net = load_backbone()
     rows = []

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality
 
-from napari_frontier.labels import to_targets
-from napari_frontier.sampling import PatchSampler
+from napari_frontier.data.scribbles import to_targets
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.sampling import PatchSampler
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-from napari_frontier.inference import predict_probabilities
-from napari_frontier.preprocess import prepare
-from napari_frontier.samples import load_sample
+from napari_frontier.data.normalise import prepare
+from napari_frontier.data.samples import load_sample
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.prediction.tiling import predict_probabilities
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 
 def steps_per_second(
@@ -85,8 +85,8 @@ def step_gflop() -> float:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_frontier.model import ModelConfig, build_model
-    from napari_frontier.training import TrainConfig
+    from napari_frontier.learning.config import TrainConfig
+    from napari_frontier.learning.network import ModelConfig, build_model
 
     tc = TrainConfig()
     model = build_model(ModelConfig())

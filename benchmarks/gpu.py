@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_frontier.device import select_device
-from napari_frontier.inference import predict_probabilities
-from napari_frontier.labels import ScribbleDelta
-from napari_frontier.live import Failed, LiveTrainer, OverlayDelta
-from napari_frontier.metrics import score, truth_from_mask
-from napari_frontier.samples import load_sample
+from napari_frontier.data.samples import load_sample
+from napari_frontier.data.scribbles import ScribbleDelta
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.device import select_device
+from napari_frontier.learning.metrics import score, truth_from_mask
+from napari_frontier.live.trainer import Failed, LiveTrainer, OverlayDelta
+from napari_frontier.prediction.tiling import predict_probabilities
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 
 def sync(device: torch.device) -> None:

@@ -22,8 +22,8 @@ def main(argv=None) -> int:
     import psutil
     import torch
 
+    from napari_frontier.learning.config import TrainConfig
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     mode = (argv or sys.argv[1:] or ["random"])[0]
     torch.set_num_threads(1)

@@ -49,8 +49,8 @@ def make_input(path: Path, size: int, chunk: int) -> None:
 
 
 def train(path: Path, steps: int, device: str) -> None:
+    from napari_frontier.learning.config import TrainConfig
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     ys = xs = np.arange(256)
     image = pattern(ys, xs)
@@ -70,7 +70,7 @@ def predict_phase(args) -> None:
 
     import torch
 
-    from napari_frontier.lazy import open_lazy, predict_to_zarr
+    from napari_frontier.prediction.blocks import open_lazy, predict_to_zarr
     from napari_frontier.segmenter import Segmenter
 
     t0 = time.perf_counter()

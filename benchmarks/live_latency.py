@@ -1,11 +1,11 @@
 """Stroke -> overlay latency of the live trainer alone: no Qt, a simulated draw.
 
-Drives a :class:`~napari_frontier.live.LiveTrainer` from a thread as the
+Drives a :class:`~napari_frontier.live.trainer.LiveTrainer` from a thread as the
 plugin's worker does, on the nuclei sample tiled to SIZE x SIZE, with the
 plugin's training settings. The main thread plays the viewer: a stroke
 (5 x 40 px) in view every 3 s, a new 1024 x 1024 view every 7 s, and each
-:class:`~napari_frontier.live.OverlayDelta` "drawn" by sleeping DRAW
-seconds before :meth:`~napari_frontier.live.LiveTrainer.shown` is called.
+:class:`~napari_frontier.live.trainer.OverlayDelta` "drawn" by sleeping DRAW
+seconds before :meth:`~napari_frontier.live.trainer.LiveTrainer.shown` is called.
 The latency of a stroke is the time from sending it to the end of the
 draw of the first overlay that reflects it, as the plugin measures it.
 
@@ -29,11 +29,11 @@ import numpy as np
 
 
 def run_once(size: int, seconds: float, draw: float, seed: int = 0) -> dict:
-    from napari_frontier.labels import ScribbleDelta
-    from napari_frontier.live import LiveTrainer, OverlayDelta, Stopped, View
-    from napari_frontier.samples import load_sample
+    from napari_frontier.data.samples import load_sample
+    from napari_frontier.data.scribbles import ScribbleDelta
+    from napari_frontier.learning.config import TrainConfig
+    from napari_frontier.live.trainer import LiveTrainer, OverlayDelta, Stopped, View
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     sample = load_sample("nuclei")
     base, marks = sample["image"], sample["scribbles"]

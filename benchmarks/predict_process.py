@@ -33,19 +33,19 @@ from pathlib import Path
 #: Functions timed in the breakdown: (module, attribute path, label). Names a
 #: checkout lacks are skipped, so older and newer code can be compared.
 PHASES = (
-    ("napari_frontier.project", "load_model", "load checkpoint"),
-    ("napari_frontier.provenance", "model_checksum", "model checksum"),
-    ("napari_frontier.provenance", "make_provenance", "input identity"),
-    ("napari_frontier.batch", "is_lazy", "plan (TIFF header)"),
-    ("napari_frontier.io", "read_image", "read TIFF"),
+    ("napari_frontier.outputs.project", "load_model", "load checkpoint"),
+    ("napari_frontier.outputs.provenance", "model_checksum", "model checksum"),
+    ("napari_frontier.outputs.provenance", "make_provenance", "input identity"),
+    ("napari_frontier.outputs.batch", "is_lazy", "plan (TIFF header)"),
+    ("napari_frontier.data.io", "read_image", "read TIFF"),
     ("napari_frontier.segmenter", "Segmenter.predict", "Segmenter.predict"),
     ("napari_frontier.segmenter", "Segmenter.predict_labels", "Segmenter.predict_labels"),
-    ("napari_frontier.nd", "compute_stats", "  normalisation statistics"),
-    ("napari_frontier.nd", "normalise", "  normalise"),
-    ("napari_frontier.inference", "predict_probabilities", "  network (tiles)"),
-    ("napari_frontier.inference", "predict_labels", "  network (tiles)"),
-    ("napari_frontier.inference", "Prediction.mask", "mask encoding"),
-    ("napari_frontier.io", "write_image", "write TIFF"),
+    ("napari_frontier.data.normalise", "compute_stats", "  normalisation statistics"),
+    ("napari_frontier.data.normalise", "normalise", "  normalise"),
+    ("napari_frontier.prediction.tiling", "predict_probabilities", "  network (tiles)"),
+    ("napari_frontier.prediction.tiling", "predict_labels", "  network (tiles)"),
+    ("napari_frontier.prediction.tiling", "Prediction.mask", "mask encoding"),
+    ("napari_frontier.data.io", "write_image", "write TIFF"),
 )
 
 
@@ -75,8 +75,8 @@ def make_inputs(cache: Path, size: int, steps: int) -> tuple[Path, Path]:
     if not model_path.exists():
         import tifffile
 
+        from napari_frontier.learning.config import TrainConfig
         from napari_frontier.segmenter import Segmenter
-        from napari_frontier.training import TrainConfig
 
         crop = tifffile.imread(image_path)[:256, :256]
         hi = crop > np.percentile(crop, 85)

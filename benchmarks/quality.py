@@ -5,7 +5,7 @@ For every image and seed, side by side in one process:
 * ``rf``: scikit-image's random-forest pixel classifier on the same scribbles
   (``multiscale_basic_features`` + 50 trees of depth 10; features + fit + predict);
 * ``pfrf``: the pretrained-feature forest: the same features and forest, joined
-  by the frozen ImageNet backbone's activations (``napari_frontier.backbone``,
+  by the frozen ImageNet backbone's activations (``napari_frontier.learning.backbone``,
   strides ``--pf-strides`` upsampled bilinearly to full resolution; with
   ``--pf-scale 2`` the backbone sees the image downsampled by 2);
 * ``frontier``: napari-frontier with every default, scored after each budget
@@ -74,8 +74,8 @@ def _classes_from_binary(truth: np.ndarray) -> np.ndarray:
 
 def load_cases(devset: Path | None, sparse: bool, synthetic: bool, samples: bool) -> dict:
     """``name -> (image, scribbles, truth classes 0..K, K)``."""
-    from napari_frontier.io import read_image
-    from napari_frontier.samples import load_sample, sample_names
+    from napari_frontier.data.io import read_image
+    from napari_frontier.data.samples import load_sample, sample_names
 
     cases = {}
     if samples:
@@ -114,7 +114,7 @@ def synthetic_cases() -> dict:
     from skimage import data as skdata
     from skimage.data import binary_blobs
 
-    from napari_frontier.scribbles import simulate_scribbles
+    from napari_frontier.data.simulate import simulate_scribbles
 
     out = {}
     gravel, grass, brick = skdata.gravel(), skdata.grass(), skdata.brick()
@@ -155,7 +155,7 @@ def hue_blobs(n: int = 384, seed: int = 21):
     from scipy.ndimage import gaussian_filter
     from skimage.data import binary_blobs
 
-    from napari_frontier.scribbles import simulate_scribbles
+    from napari_frontier.data.simulate import simulate_scribbles
 
     r = np.random.default_rng(seed)
     truth = binary_blobs(length=n, blob_size_fraction=0.1, volume_fraction=0.35, rng=seed)
@@ -179,7 +179,7 @@ def hue_blobs(n: int = 384, seed: int = 21):
 
 
 def iou_of(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
-    from napari_frontier.metrics import iou_per_class
+    from napari_frontier.learning.metrics import iou_per_class
 
     ious = iou_per_class(pred, truth, k)
     return float(ious[0]) if k == 2 else float(np.nanmean(ious))
@@ -196,8 +196,8 @@ def pretrained_features(image, strides=(2, 4, 8, 16), scale: int = 1) -> np.ndar
     import torch
     import torch.nn.functional as F
 
-    from napari_frontier.backbone import backbone_features, backbone_input, load_backbone
-    from napari_frontier.preprocess import prepare
+    from napari_frontier.data.normalise import prepare
+    from napari_frontier.learning.backbone import backbone_features, backbone_input, load_backbone
 
     net = load_backbone()
     x = backbone_input(torch.from_numpy(prepare(image).x)[None])
@@ -222,7 +222,7 @@ def run_rf(image, scribbles, truth, k, seed, pretrained=None) -> dict:
     from sklearn.ensemble import RandomForestClassifier
 
     if pretrained is not None:
-        from napari_frontier.backbone import load_backbone
+        from napari_frontier.learning.backbone import load_backbone
 
         load_backbone()  # once per process, outside the clock
     t0 = time.perf_counter()
@@ -249,8 +249,8 @@ def run_frontier(
     image, scribbles, truth, k, seed, budgets, steps_mode, train=None, model=None, threads=1
 ):
     """IoU after each budget (seconds of training, or steps) in one continuous run."""
+    from napari_frontier.learning.config import TrainConfig
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     train = dict(train or {})
     if steps_mode:
@@ -464,7 +464,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if args.features:
-        from napari_frontier.model import features_settings
+        from napari_frontier.learning.network import features_settings
 
         args.model = {**(args.model or {}), **features_settings(args.features)}
 

@@ -18,9 +18,9 @@ import statistics
 
 import torch
 
-from napari_frontier.samples import load_sample
+from napari_frontier.data.samples import load_sample
+from napari_frontier.learning.config import TrainConfig
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 SETTINGS = {
     "updates every 0.1 s (the plugin)": dict(update_interval=0.1),

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_frontier.labels import IGNORE, to_targets
-from napari_frontier.losses import masked_cross_entropy
-from napari_frontier.preprocess import prepare
+from napari_frontier.data.normalise import prepare
+from napari_frontier.data.scribbles import IGNORE, to_targets
+from napari_frontier.learning.losses import masked_cross_entropy
 
 
 def _block(cin, cout):

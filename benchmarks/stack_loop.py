@@ -1,6 +1,6 @@
 """Memory of the live trainer alone on a 64-slice stack: no Qt, no napari.
 
-Drives a :class:`~napari_frontier.live.LiveTrainer` as the widget does, at
+Drives a :class:`~napari_frontier.live.trainer.LiveTrainer` as the widget does, at
 about four times the soak's edit rate: an edit at most every 0.5 s, sent
 between training updates (a 5 x 40 px stroke on a random slice, or, one
 time in four, the whole stack's scribbles reset), and a view of a random
@@ -29,10 +29,10 @@ def main(argv=None) -> int:
 
     import psutil
 
-    from napari_frontier.labels import ScribbleDelta
-    from napari_frontier.live import LiveTrainer, OverlayDelta, View
+    from napari_frontier.data.scribbles import ScribbleDelta
+    from napari_frontier.learning.config import TrainConfig
+    from napari_frontier.live.trainer import LiveTrainer, OverlayDelta, View
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     rng = np.random.default_rng(0)
     base = rng.normal(100, 20, (512, 512)).astype(np.float32)

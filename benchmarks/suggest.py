@@ -5,7 +5,7 @@ correct stroke at a time (drawn from the ground truth) and continue training
 the same network a fixed number of steps after each; score foreground IoU
 after every stroke. The stroke goes
 
-* ``suggest``: where :func:`napari_frontier.suggest.suggest_location` points
+* ``suggest``: where :func:`napari_frontier.live.suggest.suggest_location` points
   (the plugin's rule: most uncertain unpainted 32 x 32 window);
 * ``regions``: a candidate improvement, :func:`suggest_regions` below (not
   adopted: no clear gain over ``suggest``, see ``benchmarks/RESULTS.md``);
@@ -48,10 +48,10 @@ STRATEGIES = ["suggest", "regions", "random", "oracle"]
 # -- data -------------------------------------------------------------------
 def load_case(name: str, devset: Path):
     """``(image, sparse scribbles, truth classes)``: 1 is, 2 is not, 0 not scored."""
-    from napari_frontier.io import read_image
+    from napari_frontier.data.io import read_image
 
     if name in ("nuclei", "textures"):
-        from napari_frontier.samples import load_sample
+        from napari_frontier.data.samples import load_sample
 
         s = load_sample(name)
         truth = np.where(np.asarray(s["truth"]) > 0, 1, 2).astype(np.uint8)
@@ -164,7 +164,7 @@ def suggest_regions(  # candidate rule, not adopted (see RESULTS.md)
     """
     from scipy import ndimage
 
-    from napari_frontier.suggest import _painted_near
+    from napari_frontier.live.suggest import _painted_near
 
     p = np.asarray(probabilities, dtype=np.float32)
     if p.ndim != 3:
@@ -233,7 +233,7 @@ def oracle_point(labels, truth, user: User):
 
 def choose(strategy, pred, scribbles, truth, user, rng):
     """``(point, class or None)`` for the next stroke."""
-    from napari_frontier import suggest as S
+    from napari_frontier.live import suggest as S
 
     if strategy == "random":
         return random_point(truth, scribbles, rng), None
@@ -250,14 +250,14 @@ def choose(strategy, pred, scribbles, truth, user, rng):
 
 
 def iou(labels, truth) -> float:
-    from napari_frontier.metrics import iou_per_class
+    from napari_frontier.learning.metrics import iou_per_class
 
     return float(iou_per_class(labels, truth, 2)[0])
 
 
 def run_case(name, image, scribbles0, truth, seed, strategies, n_strokes, steps, init_steps):
+    from napari_frontier.learning.config import TrainConfig
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     seg0 = Segmenter(n_classes=2, train_config=TrainConfig(seed=seed, threads=1))
     seg0.fit(image, scribbles0, steps=init_steps)

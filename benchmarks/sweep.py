@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def datasets() -> dict:
     from quality import extra_sets
 
-    from napari_frontier.samples import load_sample, sample_names
+    from napari_frontier.data.samples import load_sample, sample_names
 
     sets = {}
     for n in sample_names():
@@ -46,9 +46,9 @@ def run_one(job) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from napari_frontier.metrics import score, truth_from_mask
+    from napari_frontier.learning.config import TrainConfig
+    from napari_frontier.learning.metrics import score, truth_from_mask
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     image, scribbles, truth = datasets()[name]
     tc = TrainConfig(

@@ -3,7 +3,7 @@
 For every image and seed the network trains step-exact (every default,
 one torch thread); at each step budget the same weights predict twice,
 plainly and averaging the four flips of each tile
-(:class:`napari_frontier.model.FlipAverage`), so the difference is the
+(:class:`napari_frontier.prediction.tiling.FlipAverage`), so the difference is the
 flips alone, free of seed and timing noise. Prints per run, then per
 budget the mean and worst seed median and the number of images whose
 seed spread is at most 0.05.
@@ -32,8 +32,8 @@ def task(args):
     torch.set_num_threads(1)
     from quality import iou_of
 
+    from napari_frontier.learning.config import TrainConfig
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     image, scribbles, truth, k = case
     tc = TrainConfig(seed=seed, threads=1, update_interval=0.0)

@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality
 
-from napari_frontier.convergence import (
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.live.convergence import (
     DEFAULT_EVERY,
     DEFAULT_LEVEL,
     DEFAULT_MIN_STEPS,
@@ -58,7 +59,6 @@ from napari_frontier.convergence import (
     probe_of,
 )
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 #: The fixed halves: parameters are chosen on A and checked on B.
 HALVES = {
@@ -234,7 +234,7 @@ def cmd_noise(args) -> None:
 
 def _median_over(d, late, gap, what) -> float:
     """Median change between each late checkpoint and the one ``gap`` steps before it."""
-    from napari_frontier.convergence import frontier_moved
+    from napari_frontier.live.convergence import frontier_moved
 
     steps, lab = [int(s) for s in d["steps"]], d["labels"]
     pairs = [(steps.index(steps[j] - gap), j) for j in late if steps[j] - gap in steps]

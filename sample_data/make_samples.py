@@ -17,7 +17,7 @@ import tifffile
 from skimage import data as skdata
 from skimage.data import binary_blobs
 
-from napari_frontier.scribbles import simulate_scribbles
+from napari_frontier.data.simulate import simulate_scribbles
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,8 +25,9 @@ HERE = Path(__file__).resolve().parent
 def nuclei(stardist: Path) -> dict:
     image = tifffile.imread(stardist / "img2d.tif")
     truth = (tifffile.imread(stardist / "mask2d.tif") > 0).astype(np.uint8) * 255
-    scribbles = simulate_scribbles(truth, rng=1, object_fraction=0.15, max_objects=10,
-                                   background_strokes=6, margin=3, width=3)
+    scribbles = simulate_scribbles(
+        truth, rng=1, object_fraction=0.15, max_objects=10, background_strokes=6, margin=3, width=3
+    )
     return {"image": image, "truth": truth, "scribbles": scribbles}
 
 
@@ -37,8 +38,9 @@ def textures() -> dict:
     truth = binary_blobs(length=n, blob_size_fraction=0.35, volume_fraction=0.4, rng=3)
     image = np.where(truth, grass[:n, :n], brick[:n, :n]).astype(np.uint8)
     truth = truth.astype(np.uint8) * 255
-    scribbles = simulate_scribbles(truth, rng=2, object_fraction=0.5, max_objects=4,
-                                   background_strokes=5, margin=8, width=5)
+    scribbles = simulate_scribbles(
+        truth, rng=2, object_fraction=0.5, max_objects=4, background_strokes=5, margin=8, width=5
+    )
     return {"image": image, "truth": truth, "scribbles": scribbles}
 
 

@@ -94,7 +94,7 @@ def _open_stack(viewer, sample: str, frames: int = 6, size: int = 384, drift: in
     """A time series of drifting crops of a sample; its strokes on frames 0 and 3."""
     import numpy as np
 
-    from napari_frontier.samples import load_sample
+    from napari_frontier.data.samples import load_sample
 
     data = load_sample(sample)
     image, strokes = data["image"], data["scribbles"]

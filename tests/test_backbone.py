@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_frontier import backbone as bb
 from napari_frontier.errors import FrontierError
+from napari_frontier.learning import backbone as bb
 
 
 @pytest.fixture(autouse=True)
@@ -223,7 +223,7 @@ def test_backbone_input_channels(c):
 
 
 def test_invalid_pixels_are_nothing(net):
-    from napari_frontier.preprocess import prepare
+    from napari_frontier.data.normalise import prepare
 
     r = np.random.default_rng(0)
     image = r.normal(100, 20, (40, 50)).astype(np.float32)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from napari_frontier import cli
+from napari_frontier.data.io import write_image
 from napari_frontier.errors import (
     CheckpointError,
     FrontierError,
@@ -24,9 +25,8 @@ from napari_frontier.errors import (
     ScribbleError,
     ShapeMismatchError,
 )
-from napari_frontier.io import write_image
+from napari_frontier.learning.config import TrainConfig
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 FAST = TrainConfig(seed=0, threads=1, device="cpu", update_interval=0.05)
 SMALL = dict(width=8, depth=1)
@@ -321,7 +321,7 @@ BAD_FILES = [
 
 @pytest.mark.parametrize("which", BAD_FILES)
 def test_unreadable_files(tmp_path, capsys, which):
-    from napari_frontier.io import read_image
+    from napari_frontier.data.io import read_image
 
     path, needle = _bad_files(tmp_path)[which]
     with pytest.raises(FrontierIOError, match=needle):
@@ -337,7 +337,7 @@ def test_unreadable_files(tmp_path, capsys, which):
 
 def test_tiff_named_png_is_read_by_its_content(tmp_path):
     """imageio looks at the content: a mislabelled TIFF still reads correctly."""
-    from napari_frontier.io import read_image
+    from napari_frontier.data.io import read_image
 
     write_image(tmp_path / "real.tif", _image())
     os.replace(tmp_path / "real.tif", tmp_path / "tiff-named.png")
@@ -487,7 +487,7 @@ def test_model_for_other_channels_refused(tmp_path, capsys, trained_model):
 
 
 def test_project_errors_are_clear(tmp_path, capsys):
-    from napari_frontier.project import load_project, save_project
+    from napari_frontier.outputs.project import load_project, save_project
 
     (tmp_path / "fake.frontier").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ProjectError, match="not a readable"):

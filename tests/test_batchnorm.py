@@ -3,13 +3,13 @@
 import numpy as np
 import torch
 
-from napari_frontier.labels import to_targets
-from napari_frontier.model import ModelConfig, build_model
-from napari_frontier.preprocess import prepare
-from napari_frontier.sampling import PatchSampler
+from napari_frontier.data.normalise import prepare
+from napari_frontier.data.scribbles import to_targets
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.network import ModelConfig, build_model
+from napari_frontier.learning.sampling import PatchSampler
+from napari_frontier.learning.trainer import recalibrate_batchnorm
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.trainer import recalibrate_batchnorm
-from napari_frontier.training import TrainConfig
 
 
 def _sampler(disk_image, seed=0, patch=32):
@@ -101,7 +101,7 @@ def test_statistics_are_recomputed_when_something_predicts_not_at_every_update(
     disk_image, monkeypatch
 ):
     """Updates without a prediction cost no recalibration; a prediction gets fresh statistics."""
-    import napari_frontier.trainer as trainer_module
+    import napari_frontier.learning.trainer as trainer_module
 
     calls = []
     real = trainer_module.recalibrate_batchnorm
@@ -148,7 +148,7 @@ def test_statistics_move_only_with_the_weights(disk_image):
 
 
 def test_a_weight_average_that_misses_its_strokes_never_predicts(disk_image, monkeypatch):
-    import napari_frontier.trainer as trainer_module
+    import napari_frontier.learning.trainer as trainer_module
 
     def params(module) -> dict:
         return {k: v.clone() for k, v in module.state_dict().items()}

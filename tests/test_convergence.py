@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from napari_frontier import cli, fit_until_stable
-from napari_frontier.convergence import (
+from napari_frontier.data.io import write_image
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.live.convergence import (
     StabilityMonitor,
     changed_fraction,
     frontier_moved,
@@ -15,9 +17,7 @@ from napari_frontier.convergence import (
     probe_of,
     probe_region,
 )
-from napari_frontier.io import write_image
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 
 def _edge(col, shape=(40, 60)):

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_frontier.data.normalise import prepare
 from napari_frontier.errors import ScribbleError, ShapeMismatchError
-from napari_frontier.inference import predict_probabilities
-from napari_frontier.metrics import score, truth_from_mask
-from napari_frontier.model import ModelConfig, build_model
-from napari_frontier.preprocess import prepare
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.metrics import score, truth_from_mask
+from napari_frontier.learning.network import ModelConfig, build_model
+from napari_frontier.prediction.tiling import predict_probabilities
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 FAST = TrainConfig(seed=0, threads=1, device="cpu", update_interval=0.05)
 
@@ -170,7 +170,7 @@ def test_uncertainty_and_frontier(disk_image):
 
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_class_argmax_is_argmax_with_first_of_ties(k):
-    from napari_frontier.trainer import class_argmax
+    from napari_frontier.learning.trainer import class_argmax
 
     g = torch.Generator().manual_seed(k)
     # coarse values so that many pixels tie between classes
@@ -181,7 +181,7 @@ def test_class_argmax_is_argmax_with_first_of_ties(k):
 
 def test_multi_tensor_updates_equal_the_per_tensor_ones(disk_image):
     """AdamW's multi-tensor step and the weight average give exactly the per-tensor weights."""
-    from napari_frontier.trainer import WeightAverage
+    from napari_frontier.learning.trainer import WeightAverage
 
     image, scribbles, _ = disk_image
     runs = []
@@ -222,7 +222,7 @@ def test_multi_tensor_updates_equal_the_per_tensor_ones(disk_image):
 def test_filter_bank_shifted_sums_equal_the_grouped_convolution():
     import torch.nn.functional as F
 
-    from napari_frontier.model import FilterBank
+    from napari_frontier.learning.network import FilterBank
 
     bank = FilterBank(2, (1.0, 2.0, 4.0), max_stride=4)
     x = torch.randn(3, 2, 70, 61)
@@ -245,7 +245,7 @@ def test_filter_bank_shifted_sums_equal_the_grouped_convolution():
 )
 def test_prediction_in_strips_equals_the_whole_stem(cfg, monkeypatch):
     """Without gradients the stem runs strip by strip: the same logits as with them."""
-    from napari_frontier.model import FrontierNet
+    from napari_frontier.learning.network import FrontierNet
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(**cfg))

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from napari_frontier import cli
+from napari_frontier.data.io import save_checkpoint, write_image
 from napari_frontier.errors import FrontierIOError
-from napari_frontier.io import save_checkpoint, write_image
-from napari_frontier.project import load_model, load_project, save_project
+from napari_frontier.learning.config import TrainConfig, TrainingDiverged, TrainingOutOfMemory
+from napari_frontier.outputs.project import load_model, load_project, save_project
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig, TrainingDiverged, TrainingOutOfMemory
 
 FAST = TrainConfig(seed=0, threads=1, device="cpu", update_interval=0.0)
 SMALL = dict(width=8, depth=1)
@@ -108,7 +108,7 @@ def test_simulated_write_error_mid_write(tmp_path, monkeypatch, seg_and_image, k
 
 def test_cli_rescues_model_when_save_fails(tmp_path, monkeypatch, capsys, disk_image):
     """Minutes of training are not lost to a full disk: the model goes to the autosave folder."""
-    import napari_frontier.io as fio
+    import napari_frontier.data.io as fio
 
     image, scribbles, _ = disk_image
     np.save(tmp_path / "i.npy", image)
@@ -234,7 +234,7 @@ def test_out_of_memory_then_smaller_patches_then_gives_up(disk_image):
 
 
 def test_cli_diverged_training_keeps_last_good_weights(tmp_path, capsys, disk_image, monkeypatch):
-    import napari_frontier.trainer as trainer_module
+    import napari_frontier.learning.trainer as trainer_module
 
     image, scribbles, _ = disk_image
     np.save(tmp_path / "i.npy", image)

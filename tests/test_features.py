@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_frontier import backbone as bb
-from napari_frontier import cli, training_data
-from napari_frontier.io import read_image, save_checkpoint, write_image
-from napari_frontier.labels import IGNORE
-from napari_frontier.model import FEATURES
-from napari_frontier.sampling import PatchSampler
+from napari_frontier import cli
+from napari_frontier.data.io import read_image, save_checkpoint, write_image
+from napari_frontier.data.scribbles import IGNORE
+from napari_frontier.learning import backbone as bb
+from napari_frontier.learning import training_data
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.network import FEATURES
+from napari_frontier.learning.sampling import PatchSampler
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 FAST = TrainConfig(seed=0, patch_size=64, batch_size=2, device="cpu")
 

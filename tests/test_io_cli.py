@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from napari_frontier import cli
+from napari_frontier.data.io import read_image, write_image
 from napari_frontier.errors import CheckpointError, FrontierIOError
-from napari_frontier.io import read_image, write_image
+from napari_frontier.learning.config import TrainConfig
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 FAST = TrainConfig(seed=0, threads=1, device="cpu")
 
@@ -216,7 +216,7 @@ def test_cli_export_program_matches_model(tmp_path, trained):
 
 
 def test_cli_predict_tta_equals_the_api_and_is_recorded(tmp_path, disk_image):
-    from napari_frontier.provenance import read_provenance
+    from napari_frontier.outputs.provenance import read_provenance
 
     image, scribbles, _ = disk_image
     seg = Segmenter(train_config=TrainConfig(seed=0, threads=1), model_config=dict(width=8))

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from napari_frontier.data.normalise import prepare
+from napari_frontier.data.scribbles import IGNORE, split_strokes, to_targets, validate_scribbles
 from napari_frontier.errors import ImageError, ScribbleError, ShapeMismatchError
-from napari_frontier.labels import IGNORE, split_strokes, to_targets, validate_scribbles
-from napari_frontier.preprocess import prepare
 
 
 def test_validate_scribbles_errors():
@@ -88,8 +88,8 @@ def test_intensity_jitter_keeps_the_colour_that_tells_classes_apart(jitter):
     brightness / contrast jitter does to a patch, channel 0 stays above channel 1
     on "is" and below it on "is not" (drawn per channel, a shift of 0.1 could
     swap them); without jitter the patch keeps its values (up to mild noise)."""
-    from napari_frontier.labels import IGNORE
-    from napari_frontier.sampling import PatchSampler
+    from napari_frontier.data.scribbles import IGNORE
+    from napari_frontier.learning.sampling import PatchSampler
 
     h, w = 64, 64
     t = np.zeros((h, w), np.int64)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_frontier import cli, lazy
-from napari_frontier.batch import plan_batch
-from napari_frontier.io import read_image, write_image
-from napari_frontier.model import ModelConfig
+from napari_frontier import cli
+from napari_frontier.data.io import read_image, write_image
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.network import ModelConfig
+from napari_frontier.outputs.batch import plan_batch
+from napari_frontier.prediction import blocks as lazy
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 zarr = pytest.importorskip("zarr")
 da = pytest.importorskip("dask.array")
@@ -269,8 +270,8 @@ def test_local_cluster_gives_the_single_process_result(
 def test_model_ref_carries_flip_averaging_to_other_processes(disk_image):
     import pickle
 
-    from napari_frontier.lazy import ModelRef
-    from napari_frontier.model import FlipAverage
+    from napari_frontier.prediction.blocks import ModelRef
+    from napari_frontier.prediction.tiling import FlipAverage
 
     image, scribbles, _ = disk_image
     seg = Segmenter(train_config=TrainConfig(seed=0, threads=1), model_config=dict(width=8))

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import napari_frontier.live as live
-from napari_frontier import training_data
-from napari_frontier.labels import IGNORE, ScribbleDelta, changed_box, union_box
-from napari_frontier.live import (
+import napari_frontier.live.trainer as live
+from napari_frontier.data.scribbles import IGNORE, ScribbleDelta, changed_box, union_box
+from napari_frontier.learning import training_data
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.sampling import PatchSampler
+from napari_frontier.live.trainer import (
     Failed,
     LiveTrainer,
     OverlayDelta,
@@ -21,9 +23,7 @@ from napari_frontier.live import (
     Tick,
     View,
 )
-from napari_frontier.sampling import PatchSampler
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 SMALL = dict(width=8, depth=1)
 

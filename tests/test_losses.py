@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_frontier.labels import IGNORE
-from napari_frontier.losses import (
+from napari_frontier.data.scribbles import IGNORE
+from napari_frontier.learning.losses import (
     class_balance_weights,
     masked_bce_with_logits,
     masked_cross_entropy,

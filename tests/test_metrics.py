@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_frontier.metrics import (
+from napari_frontier.learning.metrics import (
     accuracy,
     boundary_f1,
     confusion_matrix,

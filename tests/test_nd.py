@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
+from napari_frontier.data.layout import make_layout
+from napari_frontier.data.normalise import prepare
 from napari_frontier.errors import ImageError, ShapeMismatchError
-from napari_frontier.metrics import score, truth_from_mask
-from napari_frontier.nd import make_layout
-from napari_frontier.preprocess import prepare
-from napari_frontier.sampling import PatchSampler
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.metrics import score, truth_from_mask
+from napari_frontier.learning.sampling import PatchSampler
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 FAST = TrainConfig(seed=0, threads=1, device="cpu", update_interval=0.05)
 SMALL = dict(width=8, depth=2)
@@ -198,7 +198,7 @@ def test_sampler_weights_images_by_painted_pixels():
 
 
 def test_choose_level_for_screen_resolution():
-    from napari_frontier.nd import choose_level
+    from napari_frontier.prediction.regions import choose_level
 
     shapes = [(3, 8000, 6000), (3, 4000, 3000), (3, 2000, 1500)]
     assert choose_level(shapes, (slice(0, 500), slice(0, 500)), 10**6) == (
@@ -213,7 +213,7 @@ def test_cli_trains_on_a_multichannel_stack(tmp_path, stack, capsys):
     import json
 
     from napari_frontier import cli
-    from napari_frontier.io import write_image
+    from napari_frontier.data.io import write_image
 
     image, scribbles, truth = stack
     zcyx = np.stack([image, 255 - image], axis=1)  # (Z, C, Y, X)
@@ -228,7 +228,7 @@ def test_cli_trains_on_a_multichannel_stack(tmp_path, stack, capsys):
     assert (info["channel_axis"], info["channel_selection"], info["channels"]) == (1, [1], 1)
     argv = ["predict", tmp_path / "m.pt", tmp_path / "s.tif", "-o", tmp_path / "mask.tif", "-q"]
     assert cli.main([str(a) for a in argv]) == 0
-    from napari_frontier.io import read_image
+    from napari_frontier.data.io import read_image
 
     mask = read_image(tmp_path / "mask.tif")
     assert mask.shape == truth.shape

@@ -25,7 +25,7 @@ def test_import_pulls_in_neither_qt_nor_napari_nor_torch():
 def test_engine_modules_import_no_qt():
     code = (
         "import sys; import napari_frontier.segmenter, napari_frontier.cli, "
-        "napari_frontier.metrics, napari_frontier.io; "
+        "napari_frontier.learning.metrics, napari_frontier.data.io; "
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('napari', 'qtpy', 'PyQt6', 'PySide6', 'magicgui')]; sys.exit(1 if bad else 0)"
     )

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from napari_frontier import cli
-from napari_frontier.inference import Prediction, labels_of, predict_probabilities
-from napari_frontier.io import read_image, write_image
+from napari_frontier.data.io import read_image, write_image
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.prediction.tiling import Prediction, labels_of, predict_probabilities
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 
 @pytest.fixture(scope="module")

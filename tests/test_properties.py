@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_frontier.inference import predict_probabilities
-from napari_frontier.labels import IGNORE
-from napari_frontier.losses import masked_bce_with_logits, masked_cross_entropy, masked_mse
-from napari_frontier.metrics import boundary_f1, confusion_matrix, score
-from napari_frontier.model import ModelConfig, build_model
+from napari_frontier.data.scribbles import IGNORE
+from napari_frontier.learning.losses import masked_bce_with_logits, masked_cross_entropy, masked_mse
+from napari_frontier.learning.metrics import boundary_f1, confusion_matrix, score
+from napari_frontier.learning.network import ModelConfig, build_model
+from napari_frontier.prediction.tiling import predict_probabilities
 
 FEW = settings(max_examples=20, deadline=None)
 

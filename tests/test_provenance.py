@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from napari_frontier import cli
-from napari_frontier.batch import plan_batch, run_batch, summarize
-from napari_frontier.io import read_image, write_image
-from napari_frontier.provenance import (
+from napari_frontier.data.io import read_image, write_image
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.outputs.batch import plan_batch, run_batch, summarize
+from napari_frontier.outputs.provenance import (
     input_identity,
     model_checksum,
     part_files,
     read_provenance,
 )
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 zarr = pytest.importorskip("zarr")
 

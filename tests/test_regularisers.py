@@ -2,9 +2,9 @@
 
 import torch
 
-from napari_frontier.losses import dense_crf_loss
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.losses import dense_crf_loss
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 
 def _split(width: int, at: int) -> torch.Tensor:

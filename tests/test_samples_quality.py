@@ -12,10 +12,10 @@ import statistics
 import numpy as np
 import pytest
 
-from napari_frontier.metrics import iou_per_class, truth_from_mask
-from napari_frontier.samples import load_sample, sample_names
+from napari_frontier.data.samples import load_sample, sample_names
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.learning.metrics import iou_per_class, truth_from_mask
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 STEPS = 300
 SEEDS = (0, 1, 2)

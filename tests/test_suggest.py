@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_frontier.suggest import suggest_location
+from napari_frontier.live.suggest import suggest_location
 
 
 @pytest.mark.parametrize("painted", [False, True])

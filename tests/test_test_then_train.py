@@ -4,9 +4,9 @@ import dataclasses
 
 import numpy as np
 
-from napari_frontier.labels import IGNORE
+from napari_frontier.data.scribbles import IGNORE
+from napari_frontier.learning.config import TrainConfig
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 FAST = TrainConfig(seed=0, threads=1, device="cpu", update_interval=0.0, holdout_interval=0.0)
 
@@ -15,7 +15,7 @@ def test_default_trains_on_every_stroke(disk_image, monkeypatch):
     image, scribbles, _ = disk_image
     assert TrainConfig().holdout_fraction == 0
     seen = {}
-    import napari_frontier.training_data as data_module
+    import napari_frontier.learning.training_data as data_module
 
     real = data_module.PatchSampler
 
@@ -73,7 +73,7 @@ def test_fixed_holdout_split_is_still_available(disk_image):
 
 
 def test_a_stroke_sent_as_a_box_is_scored_before_it_trains(disk_image):
-    from napari_frontier.labels import ScribbleDelta
+    from napari_frontier.data.scribbles import ScribbleDelta
 
     image, scribbles, _ = disk_image
     seg = Segmenter(train_config=FAST, model_config=dict(width=8, depth=2))

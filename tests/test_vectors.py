@@ -9,12 +9,11 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from skimage.draw import polygon as draw_polygon
 
 from napari_frontier import cli
+from napari_frontier.data.io import read_image, write_image
 from napari_frontier.errors import FrontierIOError
-from napari_frontier.io import read_image, write_image
-from napari_frontier.provenance import read_provenance
-from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
-from napari_frontier.vectors import (
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.outputs.provenance import read_provenance
+from napari_frontier.outputs.vectors import (
     GeoReference,
     frontier_polygons,
     frontier_shapes,
@@ -22,6 +21,7 @@ from napari_frontier.vectors import (
     to_geojson,
     write_frontier,
 )
+from napari_frontier.segmenter import Segmenter
 
 roifile = pytest.importorskip("roifile")
 tifffile = pytest.importorskip("tifffile")

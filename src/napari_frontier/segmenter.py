@@ -11,24 +11,25 @@ import numpy as np
 import torch
 
 from . import __version__
-from .device import select_device
-from .errors import CheckpointError, ImageError, ShapeMismatchError
-from .inference import Prediction, predict_labels, predict_probabilities
-from .io import load_checkpoint, save_checkpoint
-from .labels import DEFAULT_CLASS_NAMES
-from .model import FlipAverage, ModelConfig, build_model, features_settings
-from .nd import (
-    Layout,
+from .data.io import load_checkpoint, save_checkpoint
+from .data.layout import Layout, make_layout
+from .data.normalise import (
+    DEFAULT_PERCENTILES,
     NormStats,
+    Prepared,
     compute_stats,
-    make_layout,
-    predict_region,
+    prepare,
     prepare_slice,
 )
-from .preprocess import DEFAULT_PERCENTILES, Prepared, prepare
-from .trainer import Trainer, WeightAverage, make_optimizer
-from .training import TrainConfig, TrainUpdate
-from .training_data import TrainingData
+from .data.scribbles import DEFAULT_CLASS_NAMES
+from .errors import CheckpointError, ImageError, ShapeMismatchError
+from .learning.config import TrainConfig, TrainUpdate
+from .learning.device import select_device
+from .learning.network import ModelConfig, build_model, features_settings
+from .learning.trainer import Trainer, WeightAverage, make_optimizer
+from .learning.training_data import TrainingData
+from .prediction.regions import predict_region
+from .prediction.tiling import FlipAverage, Prediction, predict_labels, predict_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Segmenter:
         ``"both"``; None: the default of :class:`ModelConfig`. Recorded in checkpoints.
     tta
         Test-time augmentation: predictions average the four flips of each
-        tile (:class:`~napari_frontier.model.FlipAverage`), four times the
+        tile (:class:`~napari_frontier.prediction.tiling.FlipAverage`), four times the
         work. Off by default (live overlays stay fast); an attribute, so it
         can be switched on for a final export.
 
@@ -185,7 +186,7 @@ class Segmenter:
         cfg = self.model.config if self.model is not None else ModelConfig(**self._model_overrides)
         if not cfg.backbone:
             return None
-        from .backbone import FEATURE_CHANNELS, image_features
+        from .learning.backbone import FEATURE_CHANNELS, image_features
 
         stride, device = cfg.context_stride, self.device
         return (lambda x: image_features(x, device, stride), FEATURE_CHANNELS, stride)
@@ -340,7 +341,7 @@ class Segmenter:
         A stack or time series (slice axes before Y, X) is predicted slice by
         slice; ``probabilities`` is then ``(K, *slices, Y, X)`` and ``progress``
         is called once per slice. Images larger than memory: see
-        :mod:`napari_frontier.lazy`.
+        :mod:`napari_frontier.prediction.blocks`.
         """
         lay = self.layout(image)
         self._check_model(lay)
@@ -381,7 +382,7 @@ class Segmenter:
 
         A 2D image goes tile by tile straight to labels, without the
         ``(K, H, W)`` float32 probabilities (for writing masks); ``workers``
-        tiles at once on a CPU (:func:`~napari_frontier.inference.predict_labels`).
+        tiles at once on a CPU (:func:`~napari_frontier.prediction.tiling.predict_labels`).
         """
         lay = self.layout(image)
         if lay.lead_shape:

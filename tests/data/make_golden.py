@@ -82,9 +82,9 @@ def run() -> dict:
     """Both runs, as the arrays the golden file holds."""
     import torch
 
-    from napari_frontier.labels import ScribbleDelta
+    from napari_frontier.data.scribbles import ScribbleDelta
+    from napari_frontier.learning.config import TrainConfig
     from napari_frontier.segmenter import Segmenter
-    from napari_frontier.training import TrainConfig
 
     torch.set_num_threads(1)
     out: dict = {}

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_frontier.training import TrainConfig
+from napari_frontier.learning.config import TrainConfig
 
 #: Small and fast: trainings in these tests last a few seconds on 2 cores.
 SMALL_MODEL = dict(width=8, depth=1)

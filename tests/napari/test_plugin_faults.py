@@ -7,8 +7,8 @@ import pytest
 import torch
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from napari_frontier.labels import ScribbleDelta
-from napari_frontier.training import TrainConfig
+from napari_frontier.data.scribbles import ScribbleDelta
+from napari_frontier.learning.config import TrainConfig
 
 SMALL_MODEL = dict(width=8, depth=1)
 TEST_TRAIN = TrainConfig(threads=1, seed=0, update_interval=0.2)

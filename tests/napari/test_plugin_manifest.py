@@ -61,7 +61,7 @@ def test_sample_data_contribution(make_napari_viewer, name):
 @pytest.mark.parametrize("suffix", [".tif", ".png", ".npy"])
 def test_writer_contribution(make_napari_viewer, tmp_path, suffix):
     import napari
-    from napari_frontier.io import read_image
+    from napari_frontier.data.io import read_image
 
     viewer = make_napari_viewer()
     mask = np.zeros((20, 30), np.int32)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_frontier.live import LiveTrainer, OverlayDelta, SlicePredictor, Stop, View
+from napari_frontier.learning.config import TrainConfig
+from napari_frontier.live.trainer import LiveTrainer, OverlayDelta, SlicePredictor, Stop, View
 from napari_frontier.segmenter import Segmenter
-from napari_frontier.training import TrainConfig
 
 TIMEOUT = 30_000  # ms
 SMALL_MODEL = dict(width=8, depth=1)
@@ -105,7 +105,7 @@ def test_stack_trains_follows_the_slider_and_predicts_the_volume(
     from napari.layers import Image, Labels
 
     from napari_frontier._napari import layers as L
-    from napari_frontier.io import read_image
+    from napari_frontier.data.io import read_image
 
     image, truth = _stack()
     viewer, widget = _trainer(make_napari_viewer, image, _strokes(truth))

@@ -9,7 +9,7 @@ import pytest
 from napari.layers import Image, Labels
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from napari_frontier.io import read_image
+from napari_frontier.data.io import read_image
 
 pytestmark = pytest.mark.gui
 
@@ -278,7 +278,7 @@ def test_rgb_image_and_new_scribbles_layer(make_napari_viewer, qtbot, disk_image
 
 def test_open_viewer_with_files(qtbot, tmp_path, disk_image):
     from napari_frontier._napari.app import open_viewer
-    from napari_frontier.io import write_image
+    from napari_frontier.data.io import write_image
 
     image, scribbles, _ = disk_image
     write_image(tmp_path / "image.tif", image)

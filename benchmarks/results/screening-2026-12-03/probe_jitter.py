@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, "benchmarks")
-import napari_frontier.sampling as s
+import napari_frontier.learning.sampling as s
 
 GAIN = float(os.environ.get("GAIN", "1"))
 SHIFT = float(os.environ.get("SHIFT", "1"))

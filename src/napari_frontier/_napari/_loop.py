@@ -1,6 +1,6 @@
 """Background jobs of the plugin's worker threads (no Qt in here).
 
-Live training itself is :class:`napari_frontier.live.LiveTrainer`; these are
+Live training itself is :class:`napari_frontier.live.trainer.LiveTrainer`; these are
 the other jobs (a whole-slice preview, applying the model to another image,
 predicting a volume) and the once-per-process warm-up. Errors are returned
 or yielded, not raised: a worker would drop a ``RuntimeError``.
@@ -13,7 +13,7 @@ from collections.abc import Generator
 
 import numpy as np
 
-from ..live import SlicePredictor
+from ..live.trainer import SlicePredictor
 
 _warm = threading.Event()
 #: Set when :func:`warm_up` has finished (successfully or not).
@@ -53,8 +53,8 @@ def _warm_up(model_config):
     import skimage.measure
     import skimage.segmentation  # noqa: F401
 
+    from ..learning.config import TrainConfig
     from ..segmenter import Segmenter
-    from ..training import TrainConfig
 
     rng = np.random.default_rng(0)
     image = rng.random((48, 48)).astype(np.float32)
@@ -69,7 +69,7 @@ def _warm_up(model_config):
 def predict_overlay(seg, image, index: tuple[int, ...] = ()):
     """Worker job: overlays of a whole image (or one slice), for a model that is not training.
 
-    Returns a whole-slice :class:`~napari_frontier.live.OverlayDelta`, or the
+    Returns a whole-slice :class:`~napari_frontier.live.trainer.OverlayDelta`, or the
     exception (the caller shows it).
     """
     try:

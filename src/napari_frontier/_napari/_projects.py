@@ -1,6 +1,6 @@
 """Autosave, restore and projects for the widget: layers in, :mod:`..project` files out.
 
-The files are written by the Qt-free :mod:`napari_frontier.project`; this
+The files are written by the Qt-free :mod:`napari_frontier.outputs.project`; this
 module only gathers layer data (on the main thread) and owns the autosave
 timer. While training runs, the model saved is the consistent copy the
 trainer made at its last update (:meth:`Segmenter.state_dict`), never
@@ -18,8 +18,8 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from .. import project as P
 from ..errors import FrontierError
+from ..outputs import project as P
 from . import layers as L
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Autosaver:
     interval_ms
         Autosave period; 0 turns the timer off (stop still autosaves).
     folder
-        Where autosaves go (default :func:`napari_frontier.project.autosave_dir`).
+        Where autosaves go (default :func:`napari_frontier.outputs.project.autosave_dir`).
     """
 
     def __init__(self, session, layers, interval_ms: int = AUTOSAVE_INTERVAL_MS, folder=None):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..labels import IS, IS_NOT, VOID
-from ..samples import load_sample
+from ..data.samples import load_sample
+from ..data.scribbles import IS, IS_NOT, VOID
 from .layers import ROLE_KEY, SCRIBBLES, scribble_colormap
 
 

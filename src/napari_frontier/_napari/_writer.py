@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import write_image
+from ..data.io import write_image
 
 
 def _smallest_uint(data: np.ndarray) -> np.ndarray:

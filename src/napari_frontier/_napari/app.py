@@ -11,7 +11,7 @@ def open_viewer(image=None, scribbles=None, sample: str | None = "nuclei", show:
     Parameters
     ----------
     image
-        Image file to open (any format :func:`napari_frontier.io.read_image` reads);
+        Image file to open (any format :func:`napari_frontier.data.io.read_image` reads);
         when None, ``sample`` is opened instead.
     scribbles
         Scribbles file for ``image`` (0 void, 1 "is", 2 "is not"); an empty
@@ -27,7 +27,7 @@ def open_viewer(image=None, scribbles=None, sample: str | None = "nuclei", show:
     """
     import napari
 
-    from ..io import read_image
+    from ..data.io import read_image
     from . import layers as L
 
     viewer = napari.Viewer(show=show, title="napari-frontier")

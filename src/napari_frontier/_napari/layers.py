@@ -13,8 +13,8 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 
+from ..data.scribbles import IS, IS_NOT, VOID
 from ..errors import ImageError
-from ..labels import IS, IS_NOT, VOID
 
 ROLE_KEY = "napari-frontier"
 PREDICTION, FRONTIER, UNCERTAINTY, SCRIBBLES = "prediction", "frontier", "uncertainty", "scribbles"
@@ -292,11 +292,11 @@ def _to_u8(values: np.ndarray) -> np.ndarray:
 class Overlays:
     """The overlay layers of one image and the buffers they show (main thread only).
 
-    The buffers hold one slice; each :class:`~napari_frontier.live.OverlayDelta`
+    The buffers hold one slice; each :class:`~napari_frontier.live.trainer.OverlayDelta`
     is written into them region by region and the visible layers are
     redrawn. The layers' data are never reassigned (a hidden layer is not
     redrawn until it is shown). ``probabilities`` and ``valid`` form the
-    current :class:`~napari_frontier.inference.Prediction` of the slice.
+    current :class:`~napari_frontier.prediction.tiling.Prediction` of the slice.
     """
 
     def __init__(self, viewer, image_layer, scribbles_layer=None, n_classes: int = 2):
@@ -361,7 +361,7 @@ class Overlays:
         self._clean = True
 
     def write(self, delta) -> None:
-        """Write an :class:`~napari_frontier.live.OverlayDelta` into the buffers (no redraw)."""
+        """Write an :class:`~napari_frontier.live.trainer.OverlayDelta` into the buffers (no redraw)."""
         if tuple(delta.shape) != self.yx:
             raise ValueError(f"an overlay of {delta.shape} for a slice of {self.yx}")
         if delta.probabilities.shape[0] != self.probabilities.shape[0]:

@@ -1,10 +1,10 @@
 """One training session: the worker, the layer events, the overlays.
 
-Threads: while training runs, a :class:`~napari_frontier.live.LiveTrainer`
+Threads: while training runs, a :class:`~napari_frontier.live.trainer.LiveTrainer`
 in the worker thread owns the model. The main thread sends it typed
-messages (a :class:`~napari_frontier.labels.ScribbleDelta` per edit, the
-:class:`~napari_frontier.live.View`, :class:`~napari_frontier.live.Stop`)
-and writes the :class:`~napari_frontier.live.OverlayDelta` it yields into
+messages (a :class:`~napari_frontier.data.scribbles.ScribbleDelta` per edit, the
+:class:`~napari_frontier.live.trainer.View`, :class:`~napari_frontier.live.trainer.Stop`)
+and writes the :class:`~napari_frontier.live.trainer.OverlayDelta` it yields into
 the overlay layers' buffers in place (:class:`~.layers.Overlays`). Background
 jobs that also use the model (apply to another image, preview after loading)
 never run at the same time as training.
@@ -25,10 +25,10 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
+from ..data.scribbles import ScribbleDelta, changed_box, union_box
 from ..errors import FrontierError
-from ..labels import ScribbleDelta, changed_box, union_box
-from ..live import Failed, LiveTrainer, OverlayDelta, Stop, Tick, View
-from ..training import TrainConfig
+from ..learning.config import TrainConfig
+from ..live.trainer import Failed, LiveTrainer, OverlayDelta, Stop, Tick, View
 from . import layers as L
 from ._loop import predict_labels, predict_overlay, predict_volume, start_warm_up
 
@@ -54,7 +54,7 @@ SLICE_PREVIEW_MS = 150
 
 def labels_mask(labels: np.ndarray, format: str = "binary") -> np.ndarray:
     """A class map (1..K, 0 = invalid input) as the mask :meth:`Prediction.mask` writes."""
-    from ..inference import Prediction
+    from ..prediction.tiling import Prediction
 
     if format == "labels":
         return labels
@@ -103,9 +103,9 @@ class TrainingSession:
         Painted classes of a new model.
     """
 
-    #: A :class:`~napari_frontier.live.Tick` arrived.
+    #: A :class:`~napari_frontier.live.trainer.Tick` arrived.
     updated = Signal(object)
-    #: An :class:`~napari_frontier.live.OverlayDelta` was drawn.
+    #: An :class:`~napari_frontier.live.trainer.OverlayDelta` was drawn.
     overlay_shown = Signal(object)
     #: Training started (True) or finished (False).
     state_changed = Signal(bool)
@@ -180,14 +180,14 @@ class TrainingSession:
 
     @property
     def prediction(self):
-        """The current :class:`~napari_frontier.inference.Prediction` of the slice shown.
+        """The current :class:`~napari_frontier.prediction.tiling.Prediction` of the slice shown.
 
         Its arrays are the overlay buffers (updated in place), or None.
         """
         o = self.overlays
         if o is None or not o.has_prediction:
             return None
-        from ..inference import Prediction
+        from ..prediction.tiling import Prediction
 
         return Prediction(probabilities=o.probabilities, valid=o.valid)
 
@@ -575,7 +575,7 @@ class TrainingSession:
 
     def export_mask(self, path, format: str = "binary"):
         """Write the current prediction as a mask file; returns the path."""
-        from ..io import write_image
+        from ..data.io import write_image
 
         if self.image_layer is not None and L.lead_shape(self.image_layer):
             return self._export_volume(path, format)
@@ -602,14 +602,14 @@ class TrainingSession:
 
     def frontier_polygons(self) -> list:
         """The P = 0.5 frontier of the current prediction as polygons (with holes)."""
-        from ..vectors import frontier_polygons
+        from ..outputs.vectors import frontier_polygons
 
         pred = self._complete_prediction("frontier")
         return frontier_polygons(probabilities=np.array(pred.probabilities, copy=True))
 
     def export_frontier(self, path):
         """Write the frontier as GeoJSON (.geojson/.json), ImageJ ROI set (.zip) or CSV (.csv)."""
-        from ..vectors import read_georeference, write_frontier
+        from ..outputs.vectors import read_georeference, write_frontier
 
         polygons = self.frontier_polygons()
         geo = None
@@ -626,7 +626,7 @@ class TrainingSession:
         )
 
     def _export_volume(self, path, format: str):
-        from ..io import write_image
+        from ..data.io import write_image
 
         layer = self.image_layer
         if Path(path).suffix.lower() not in (".tif", ".tiff", ".npy"):

@@ -27,9 +27,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..data.scribbles import IS, IS_NOT
 from ..errors import FrontierError
-from ..labels import IS, IS_NOT
-from ..suggest import suggest_location
+from ..live.suggest import suggest_location
 from . import _projects
 from . import layers as L
 from ._pickers import LayerPicker, SettingsForm

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, FrontierIOError
+from ..errors import CheckpointError, FrontierIOError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 CHECKPOINT_FORMAT = "napari-frontier"

@@ -5,6 +5,11 @@ with 0 after normalisation and reported in a validity mask. The network gets
 the validity mask as an extra input channel, so it can tell "dark" from
 "unknown"; the engine also excludes invalid pixels from loss and metrics and
 writes them as a no-data value in exported masks.
+
+Two paths, co-located here: :func:`prepare` normalises a 2D image in memory
+with its own percentiles; :func:`compute_stats` takes the percentiles over a
+whole N-D image (all slices, read band by band), so every slice of a stack,
+and every block of a huge image, is normalised alike by :func:`normalise`.
 """
 
 from __future__ import annotations
@@ -13,12 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ImageError
+from ..errors import ImageError
+from .layout import Layout
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
 _MAX_SAMPLES = 1_000_000
 #: Channels with values beyond this are divided by their peak before normalising.
 _HUGE = 1e150
+#: At most this many valid pixels per channel enter the percentile estimate
+#: (the same rule as :func:`prepare`).
+MAX_SAMPLES = 1_000_000
+#: Rows read at a time when sampling a large slice for statistics.
+_BAND_PIXELS = 16_000_000
+#: Pixels normalised at a time (float64 temporaries of 2 MiB).
+_NORM_BAND_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -118,3 +131,160 @@ def prepare(
         out[~valid] = 0.0
         x[c] = out
     return Prepared(x=np.concatenate([x, valid[None].astype(np.float32)]), valid=valid)
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-channel normalisation ``(x - lo) / scale``, from whole-image percentiles."""
+
+    lo: tuple[float, ...]
+    scale: tuple[float, ...]
+    #: Per-channel divisor applied first, for values near the float64 limit
+    #: (whose differences would overflow); empty = none.
+    prescale: tuple[float, ...] = ()
+
+
+def _check_dtype(dtype) -> None:
+    if np.dtype(dtype).kind not in "biuf":
+        raise ImageError(f"unsupported image dtype {np.dtype(dtype)}")
+
+
+def _bands(layout: Layout, step: int = 1):
+    """Row bands of about ``_BAND_PIXELS`` pixels (a multiple of ``step`` rows)."""
+    h, w = layout.yx
+    rows = max(step, (_BAND_PIXELS // max(1, w)) // step * step)
+    for y0 in range(0, h, rows):
+        yield slice(y0, min(h, y0 + rows))
+
+
+def compute_stats(
+    image,
+    layout: Layout,
+    nodata: float | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    max_samples: int = MAX_SAMPLES,
+) -> NormStats:
+    """Percentile normalisation statistics over the whole image, read band by band.
+
+    For a 2D numpy image this gives exactly what
+    :func:`prepare` uses (so do lazy 2D images
+    under ``4 * max_samples`` pixels). Larger images are subsampled on a regular grid (at
+    most ``max_samples`` pixels per channel, from at most 64 evenly spaced
+    slices), so a huge or lazy image is read once, a band at a time.
+    """
+    _check_dtype(getattr(image, "dtype", np.float32))
+    h, w = layout.yx
+    indices = list(layout.slice_indices())
+    if len(indices) > 64:
+        indices = [indices[i] for i in np.linspace(0, len(indices) - 1, 64).round().astype(int)]
+    total = len(indices) * h * w
+    # grid stride per axis: 1 (every pixel) below 4x the budget, and for a 2D
+    # image in memory (then exactly the samples of ``prepare``)
+    s = max(1, int(np.sqrt(total / max_samples)))
+    if isinstance(image, np.ndarray) and not layout.lead_shape:
+        s = 1
+    chunks = []
+    for idx in indices:
+        for band in _bands(layout, s):
+            cf = layout.read(image, idx, (slice(band.start, band.stop, s), slice(None, None, s)))
+            _check_dtype(cf.dtype)
+            valid = validity_mask(cf, nodata)
+            # one channel at a time: a 2D mask on a 3D array gathers ~15x slower
+            chunks.append([ch.ravel() if valid.all() else ch[valid] for ch in cf])
+    n_valid = sum(chunk[0].size for chunk in chunks)
+    if n_valid == 0:
+        raise ImageError("the image has no valid pixel (all NaN, infinite or no-data)")
+    stride = max(1, n_valid // max_samples)
+    lo_all, scale_all, pre_all = [], [], []
+    for c in range(layout.n_channels):
+        column = chunks[0][c] if len(chunks) == 1 else np.concatenate([ch[c] for ch in chunks])
+        # the strided samples first, then float64 (not the other way round): the same values
+        samples = column[::stride].astype(np.float64)
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        pre = peak if peak > _HUGE else 1.0
+        pre_all.append(pre)
+        samples = samples / pre
+        lo, hi = np.percentile(samples, percentiles)
+        scale = hi - lo
+        if not np.isfinite(scale) or scale <= 0:
+            lo, scale = float(samples.min()), max(float(samples.max() - samples.min()), 1.0)
+        lo_all.append(float(lo))
+        scale_all.append(float(scale))
+    prescale = tuple(pre_all) if any(p != 1.0 for p in pre_all) else ()
+    return NormStats(tuple(lo_all), tuple(scale_all), prescale)
+
+
+def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> Prepared:
+    """Normalise a ``(C, h, w)`` slice with given statistics (same formula as ``prepare``)."""
+    _check_dtype(cf.dtype)
+    if cf.shape[0] != len(stats.lo):
+        raise ImageError(
+            f"the slice has {cf.shape[0]} channel(s) but the statistics {len(stats.lo)}"
+        )
+    valid = validity_mask(cf, nodata)
+    x = np.empty((cf.shape[0] + 1, *cf.shape[1:]), dtype=np.float32)
+    all_valid = bool(valid.all())
+    # Row bands of ~256 K pixels: the float64 temporaries stay in cache; the
+    # same operations on each pixel as on the whole slice at once.
+    rows = max(1, _NORM_BAND_PIXELS // max(1, cf.shape[-1]))
+    for c in range(cf.shape[0]):
+        for r0 in range(0, cf.shape[1], rows):
+            band = slice(r0, r0 + rows)
+            chan = cf[c, band].astype(np.float64)
+            if stats.prescale:
+                chan /= stats.prescale[c]
+            chan -= stats.lo[c]
+            chan /= stats.scale[c]
+            np.clip(chan, -4.0, 5.0, out=chan)
+            if not all_valid:
+                chan[~valid[band]] = 0.0
+            x[c, band] = chan
+    x[-1] = valid
+    return Prepared(x=x, valid=valid)
+
+
+def prepare_slice(
+    image,
+    layout: Layout,
+    stats: NormStats,
+    index: tuple[int, ...] = (),
+    region=None,
+    nodata: float | None = None,
+) -> Prepared:
+    """Read and normalise one slice (or a region of it)."""
+    return normalise(layout.read(image, index, region), stats, nodata)
+
+
+class NormalisedSlice:
+    """One slice of an in-memory stack, read and normalised region by region on demand.
+
+    Looks like the ``(C + 1, H, W)`` float32 input :func:`prepare_slice` gives
+    (channels, then validity) but keeps nothing: ``x[:, rows, cols]``
+    normalises just that region. Normalisation is per pixel with
+    whole-image statistics, so a region equals the same region of the
+    whole prepared slice. Training on a stack keeps these instead of every
+    painted slice, so memory does not grow with the number of slices painted.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 3
+
+    def __init__(self, image, layout: Layout, stats: NormStats, index, nodata=None):
+        self.image, self.layout, self.stats = image, layout, stats
+        self.index = tuple(int(i) for i in index)
+        self.nodata = nodata
+        self.shape = (layout.n_channels + 1, *layout.yx)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple) or len(key) != 3 or key[0] != slice(None):
+            raise IndexError("index a NormalisedSlice as x[:, rows, cols] with slices")
+        h, w = self.shape[1:]
+        rows = slice(*key[1].indices(h)[:2])
+        cols = slice(*key[2].indices(w)[:2])
+        return prepare_slice(
+            self.image, self.layout, self.stats, self.index, (rows, cols), self.nodata
+        ).x
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self[:, :, :]
+        return x if dtype is None else x.astype(dtype)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FrontierIOError
+from ..errors import FrontierIOError
 
 
 def sample_dir() -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ScribbleError, ShapeMismatchError
+from ..errors import ScribbleError, ShapeMismatchError
 
 VOID = 0
 IS = 1

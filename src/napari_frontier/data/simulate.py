@@ -12,7 +12,7 @@ from scipy import ndimage
 from skimage.draw import line
 from skimage.morphology import disk, skeletonize
 
-from .labels import IS, IS_NOT
+from .scribbles import IS, IS_NOT
 
 
 def _thicken(mask: np.ndarray, width: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Training settings, the progress reports a run yields, and how a run fails.
 
-:class:`~napari_frontier.trainer.Trainer` runs the training;
+:class:`~napari_frontier.learning.trainer.Trainer` runs the training;
 :meth:`~napari_frontier.segmenter.Segmenter.training` drives it as a
 generator of :class:`TrainUpdate` (a plain loop in the CLI, tests and
 scripts, napari's ``thread_worker`` in the plugin).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import FrontierError
+from ..errors import FrontierError
 
 
 @dataclass(frozen=True)

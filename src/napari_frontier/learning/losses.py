@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .labels import IGNORE
+from ..data.scribbles import IGNORE
 
 
 def _reduce(per_pixel: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None):

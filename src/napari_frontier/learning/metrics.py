@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from .labels import VOID
+from ..data.scribbles import VOID
 
 
 @dataclass(frozen=True)

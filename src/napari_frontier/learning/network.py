@@ -47,7 +47,7 @@ class ModelConfig:
     # Resolution divisor of the context U-Net and of the coarsest filter
     # pyramid level (a power of two; 1 = everything at full resolution).
     context_stride: int = 4
-    #: Activations of a frozen ImageNet backbone (:mod:`napari_frontier.backbone`),
+    #: Activations of a frozen ImageNet backbone (:mod:`napari_frontier.learning.backbone`),
     #: read per pixel at the context resolution and added to the logits.
     backbone: bool = False
 
@@ -479,34 +479,6 @@ class FrontierNet(nn.Module):
         if self.pixel is not None:
             out = out.add_(pixel if pixel is not None else _pointwise([stem], self.pixel))
         return out
-
-
-class FlipAverage(nn.Module):
-    """Test-time augmentation: a network's class probabilities averaged over the four flips.
-
-    Each input is predicted as it is, flipped left-right, flipped
-    up-down and both; the probabilities are flipped back and averaged. The
-    output is their logarithm, so a softmax of it gives the averaged
-    probabilities exactly. The result is flip-equivariant: a flipped image
-    gets the flipped prediction. Four times the work of one prediction.
-    """
-
-    FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.config = model.config
-        self.train(model.training)  # restoring the mode after a prediction keeps the model's
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for dims in self.FLIPS:
-            logits = self.model(x.flip(dims) if dims else x)
-            p = torch.softmax(logits.float(), dim=1)
-            p = p.flip(dims) if dims else p
-            total = p if total is None else total.add_(p)
-        return torch.log(total / len(self.FLIPS))
 
 
 def build_model(config: ModelConfig) -> FrontierNet:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .labels import IGNORE
+from ..data.scribbles import IGNORE
 
 
 class Patches(NamedTuple):
@@ -31,7 +31,7 @@ class PatchSampler:
     images
         List of ``(C + 1, H, W)`` float32 inputs (validity last): arrays, or
         objects that give one as ``x[:, rows, cols]`` (e.g.
-        :class:`~napari_frontier.nd.NormalisedSlice`, read on demand).
+        :class:`~napari_frontier.data.normalise.NormalisedSlice`, read on demand).
     targets
         List of ``(H, W)`` integer targets (IGNORE or 0..K-1); kept in the
         smallest signed type that holds them.

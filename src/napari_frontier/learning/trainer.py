@@ -1,7 +1,7 @@
 """One training run: the steps, the weight average, BatchNorm statistics and reports.
 
 A :class:`Trainer` owns, while it runs, the model, its optimiser and weight
-average and the :class:`~napari_frontier.training_data.TrainingData` it
+average and the :class:`~napari_frontier.learning.training_data.TrainingData` it
 draws patches from. A thin loop drives it
 (:meth:`~napari_frontier.segmenter.Segmenter.training`)::
 
@@ -30,12 +30,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..data.scribbles import IGNORE
+from ..prediction.tiling import predict_probabilities
+from .config import TrainConfig, TrainingDiverged, TrainingOutOfMemory, TrainUpdate
 from .device import autocast_dtype
-from .inference import predict_probabilities
-from .labels import IGNORE
 from .losses import class_balance_weights, dense_crf_loss, masked_cross_entropy
 from .sampling import PatchSampler
-from .training import TrainConfig, TrainingDiverged, TrainingOutOfMemory, TrainUpdate
 from .training_data import TrainingData
 
 #: Smallest training patch side tried after running out of memory.

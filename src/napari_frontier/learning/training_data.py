@@ -4,7 +4,7 @@
 only the slices of a stack that carry strokes (so a Zarr or dask stack is
 never loaded whole), splits the strokes into training and held-out ones,
 and takes new scribbles (whole, or the box of a
-:class:`~napari_frontier.labels.ScribbleDelta`) while training runs.
+:class:`~napari_frontier.data.scribbles.ScribbleDelta`) while training runs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import ImageError, ScribbleError
-from .labels import (
+from ..data.layout import Layout
+from ..data.normalise import NormalisedSlice, Prepared, compute_stats, prepare_slice
+from ..data.scribbles import (
     IGNORE,
     ScribbleDelta,
     class_counts,
@@ -25,10 +26,9 @@ from .labels import (
     to_targets,
     validate_scribbles,
 )
-from .nd import Layout, NormalisedSlice, compute_stats, prepare_slice
-from .preprocess import Prepared
+from ..errors import ImageError, ScribbleError
+from .config import TrainConfig
 from .sampling import PatchSampler
-from .training import TrainConfig
 
 #: Normalised slices of an in-memory stack kept while training (the rest are
 #: normalised again when painted: patches are read on demand).
@@ -57,7 +57,7 @@ class TrainingData:
     scribbles
         One label array per image, of its shape without channels.
     layouts
-        How each image's axes are read (:func:`~napari_frontier.nd.make_layout`).
+        How each image's axes are read (:func:`~napari_frontier.data.layout.make_layout`).
     n_classes, class_names
         The painted classes.
     nodata, percentiles

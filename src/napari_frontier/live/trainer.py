@@ -4,7 +4,7 @@
 while it runs; one thread drives its :meth:`~LiveTrainer.run` generator and
 every other thread only :meth:`~LiveTrainer.send` s it typed messages:
 
-- :class:`~napari_frontier.labels.ScribbleDelta`: the box an edit changed
+- :class:`~napari_frontier.data.scribbles.ScribbleDelta`: the box an edit changed
   and its new labels (never the whole scribbles);
 - :class:`View`: the slice of a stack and the region of it on screen;
 - :class:`Stop`: stop, with or without a last whole-slice prediction.
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.scribbles import ScribbleDelta, union_box
+from ..prediction.tiling import frontier_mask, uncertainty
 from .convergence import StabilityMonitor
-from .inference import frontier_mask, uncertainty
-from .labels import ScribbleDelta, union_box
 
 __all__ = [
     "Failed",
@@ -140,7 +140,7 @@ class OverlayDelta:
     #: Every pixel of the slice has now been predicted (by this or earlier deltas).
     complete: bool = False
     #: How much the prediction of this region changed since the last one
-    #: (:class:`~napari_frontier.convergence.Stability`), None for a new region.
+    #: (:class:`~napari_frontier.live.convergence.Stability`), None for a new region.
     stability: object = None
     #: The whole-slice prediction made when training stopped (or by a job).
     final: bool = False
@@ -264,7 +264,7 @@ class SlicePredictor:
     def _predict(self, region) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from .nd import predict_region
+        from ..prediction.regions import predict_region
 
         seg = self.seg
 
@@ -494,7 +494,7 @@ class LiveTrainer:
             yield Stopped(seg.step)
             return
         try:
-            from .labels import class_counts
+            from ..data.scribbles import class_counts
 
             self._counts = class_counts(self.scribbles, seg.n_classes)
             yield Tick.of(upd, self.version)
@@ -550,7 +550,7 @@ class LiveTrainer:
 
     def _apply(self, deltas: list[ScribbleDelta]) -> str:
         """Write deltas into the trainer's scribbles; "" or why they are not trained on yet."""
-        from .labels import class_counts
+        from ..data.scribbles import class_counts
 
         k = self.segmenter.n_classes
         shape = self.scribbles.shape

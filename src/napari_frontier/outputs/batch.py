@@ -6,7 +6,7 @@ progress bar and a GUI worker can report and cancel between images). An input
 that cannot be read is reported and skipped; the batch goes on.
 
 Outputs are written atomically, with their provenance inside them (input
-identity, model checksum, options: :mod:`napari_frontier.provenance`).
+identity, model checksum, options: :mod:`napari_frontier.outputs.provenance`).
 Running a batch again skips an output only when its recorded provenance
 matches; any other output (other or changed input, other model, other
 options, a crash's leftovers, no record) is redone, and the event says why
@@ -15,7 +15,7 @@ file is not a batch: it is always written.
 
 Small images are read whole and predicted in memory. Zarr / OME-Zarr stores
 and TIFFs with more than ``lazy_pixels`` pixels are predicted block by block
-(:mod:`napari_frontier.lazy`), never loaded whole. With a dask ``scheduler``
+(:mod:`napari_frontier.prediction.blocks`), never loaded whole. With a dask ``scheduler``
 (a ``distributed`` client or address) every image goes through the block
 path on the cluster; the result is the same as in one process.
 """
@@ -28,8 +28,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FrontierError, FrontierIOError
-from .io import IMAGE_SUFFIXES
+from ..data.io import IMAGE_SUFFIXES
+from ..errors import FrontierError, FrontierIOError
 from .provenance import META_KEY
 
 #: TIFFs with more pixels than this are read lazily (tile by tile).
@@ -42,7 +42,7 @@ def _zarr_name(p: Path) -> bool:
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
     """Files and Zarr stores named by paths, folders (their images) and globs, in order, once each."""
-    from .lazy import is_zarr
+    from ..prediction.blocks import is_zarr
 
     out: list[Path] = []
     for pat in patterns:
@@ -67,7 +67,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
 
 def is_lazy(path: Path, lazy_pixels: int = LAZY_PIXELS) -> bool:
     """Zarr stores, and TIFFs larger than ``lazy_pixels``, are read lazily."""
-    from .lazy import is_zarr
+    from ..prediction.blocks import is_zarr
 
     if is_zarr(path):
         return True
@@ -112,7 +112,7 @@ class BatchItem:
         """Why this item must be (re)done, or None when every output is up to date.
 
         ``"new"`` when no output exists yet (and no crash left a part), else one of
-        :data:`napari_frontier.provenance.REASONS`.
+        :data:`napari_frontier.outputs.provenance.REASONS`.
         """
         from .provenance import VOUCHED_SUFFIXES, mismatch, part_files, read_provenance
 
@@ -137,7 +137,7 @@ class BatchEvent:
 
     ``reason``: for ``done``, ``"new"`` (first time), ``"written"`` (a single named
     output, always written) or why an existing output was redone (one of
-    :data:`napari_frontier.provenance.REASONS`); ``"up to date"`` for ``skipped``.
+    :data:`napari_frontier.outputs.provenance.REASONS`); ``"up to date"`` for ``skipped``.
     """
 
     item: BatchItem
@@ -188,7 +188,7 @@ def plan_batch(
     if not paths:
         raise FrontierIOError(f"no input image found in {' '.join(map(str, inputs))}")
     out = Path(output)
-    from .lazy import is_zarr
+    from ..prediction.blocks import is_zarr
 
     # a batch: several images, or inputs named by a folder or a glob, or an output folder
     many = (
@@ -235,7 +235,7 @@ def write_array(path, data, attrs: dict | None = None) -> Path:
 
     import numpy as np
 
-    from .io import write_image
+    from ..data.io import write_image
 
     path = Path(path)
     attrs = {"source": "napari-frontier", **(attrs or {})}
@@ -243,7 +243,7 @@ def write_array(path, data, attrs: dict | None = None) -> Path:
         return write_image(path, data, metadata={META_KEY: attrs})
     import zarr
 
-    from .lazy import _create_array, _finish, _part
+    from ..prediction.blocks import _create_array, _finish, _part
 
     tmp = _part(path)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -270,8 +270,8 @@ def _write_from_zarr(zpath: Path, target: Path) -> None:
 
     import zarr
 
-    from .io import write_image
-    from .lazy import _finish, zarr_to_tiff
+    from ..data.io import write_image
+    from ..prediction.blocks import _finish, zarr_to_tiff
 
     if _zarr_name(target):
         _finish(zpath, target)
@@ -291,8 +291,8 @@ def _predict_item(
     """Predict one input to its outputs; ``attrs`` (provenance) go into each output."""
     import shutil
 
-    from .io import read_image
-    from .lazy import open_lazy, predict_to_zarr
+    from ..data.io import read_image
+    from ..prediction.blocks import open_lazy, predict_to_zarr
 
     if it.lazy:
         lz = open_lazy(it.source)
@@ -305,7 +305,7 @@ def _predict_item(
         if it.vectors is None and it.probabilities is None:  # the mask alone: no probabilities
             import torch
 
-            from .inference import encode_mask
+            from ..prediction.tiling import encode_mask
 
             # tiles side by side, torch's threads shared out (see inference._tiles)
             labels = seg.predict_labels(image, tile=tile, workers=torch.get_num_threads())
@@ -363,7 +363,7 @@ def _labels_of_mask(path: Path, fmt: str):
     """The class map (1..K, 0 = no-data) of a written mask."""
     import numpy as np
 
-    from .lazy import open_lazy
+    from ..prediction.blocks import open_lazy
 
     mask = np.asarray(open_lazy(path).array[...])
     if fmt == "labels":

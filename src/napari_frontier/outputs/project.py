@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, FrontierIOError, ProjectError
-from .io import atomic_path, check_format, read_image
+from ..data.io import atomic_path, check_format, read_image
+from ..errors import CheckpointError, FrontierIOError, ProjectError
 
 PROJECT_SUFFIX = ".frontier"
 PROJECT_FORMAT = "napari-frontier-project"
@@ -132,7 +132,7 @@ def _relative(image_path, folder: Path) -> str | None:
 
 
 def _model_bytes(segmenter) -> bytes:
-    from .io import save_checkpoint
+    from ..data.io import save_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="frontier-") as d:
         target = Path(d) / "model.pt"
@@ -141,7 +141,7 @@ def _model_bytes(segmenter) -> bytes:
 
 
 def _load_model_bytes(data: bytes, source: Path, device: str):
-    from .segmenter import Segmenter
+    from ..segmenter import Segmenter
 
     with tempfile.TemporaryDirectory(prefix="frontier-") as d:
         target = Path(d) / "model.pt"
@@ -266,7 +266,7 @@ def _has_project_json(path: Path) -> bool:
 
 def load_model(path, device: str = "auto"):
     """A :class:`~napari_frontier.segmenter.Segmenter` from a checkpoint or a project."""
-    from .segmenter import Segmenter
+    from ..segmenter import Segmenter
 
     if is_project(path):
         project = load_project(path, load_image=False, device=device)

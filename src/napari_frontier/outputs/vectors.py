@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FrontierIOError
+from ..errors import FrontierIOError
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".zip", ".csv")
 
@@ -400,7 +400,7 @@ def write_frontier(
     FrontierIOError
         Unknown suffix, or the file cannot be written.
     """
-    from .io import atomic_path
+    from ..data.io import atomic_path
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FrontierIOError, ImageError
-from .nd import Layout, NormStats, predict_window, region_window
+from ..data.layout import Layout
+from ..data.normalise import NormStats
+from ..errors import FrontierIOError, ImageError
+from .regions import predict_window, region_window
 
 #: Default side of a block (and of an output chunk), in pixels.
 BLOCK = 2048
@@ -57,7 +59,7 @@ class ModelRef:
     def __init__(self, segmenter, device: str = "auto", threads: int | None = None):
         import torch
 
-        from .io import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+        from ..data.io import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
         # Blocks run in several threads at once: give them an eval-mode copy,
         # so no thread ever toggles train/eval mode under another one.
@@ -102,7 +104,7 @@ class ModelRef:
     def _load(self):
         import torch
 
-        from .segmenter import Segmenter
+        from ..segmenter import Segmenter
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -116,7 +118,7 @@ class ModelRef:
                 os.unlink(tmp)
         seg.model.eval()
         if self.tta:
-            from .model import FlipAverage
+            from .tiling import FlipAverage
 
             seg.model = FlipAverage(seg.model)
         return seg
@@ -309,7 +311,7 @@ def _block_task(ref, source, read, layout, stats, nodata, index, region, tile, h
         if kind == "probabilities":
             arr[(slice(None), *where)] = probs
         else:
-            from .inference import Prediction
+            from .tiling import Prediction
 
             arr[where] = Prediction(probabilities=probs, valid=valid).mask(kind)
     return None
@@ -549,7 +551,7 @@ def predict_blocks(
     For images that fit in memory but should be computed on a cluster (or
     to check the block path against :meth:`Segmenter.predict`).
     """
-    from .inference import Prediction
+    from .tiling import Prediction
 
     layout = seg.layout(image)
     seg._check_model(layout)
@@ -570,12 +572,12 @@ def predict_blocks(
 def zarr_to_tiff(source, path, tile: int = 256, metadata: dict | None = None) -> Path:
     """Copy a Zarr array (2D, or pages of a stack) to a tiled, compressed TIFF, band by band.
 
-    ``metadata``: JSON-able dict for the ImageDescription (as in :func:`~napari_frontier.io.write_image`).
+    ``metadata``: JSON-able dict for the ImageDescription (as in :func:`~napari_frontier.data.io.write_image`).
     """
     import tifffile
     import zarr
 
-    from .io import atomic_path
+    from ..data.io import atomic_path
 
     arr = zarr.open(str(source), mode="r") if not hasattr(source, "shape") else source
     if not hasattr(arr, "shape"):

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from .labels import IS
+from ..data.scribbles import IS
 
 
 def _round_up(v: int, m: int) -> int:
@@ -207,6 +208,34 @@ def predict_labels(
 
 #: Rows of a class map computed at once by :func:`labels_of` (for cache).
 _LABEL_ROWS = 64
+
+
+class FlipAverage(nn.Module):
+    """Test-time augmentation: a network's class probabilities averaged over the four flips.
+
+    Each input is predicted as it is, flipped left-right, flipped
+    up-down and both; the probabilities are flipped back and averaged. The
+    output is their logarithm, so a softmax of it gives the averaged
+    probabilities exactly. The result is flip-equivariant: a flipped image
+    gets the flipped prediction. Four times the work of one prediction.
+    """
+
+    FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.train(model.training)  # restoring the mode after a prediction keeps the model's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in self.FLIPS:
+            logits = self.model(x.flip(dims) if dims else x)
+            p = torch.softmax(logits.float(), dim=1)
+            p = p.flip(dims) if dims else p
+            total = p if total is None else total.add_(p)
+        return torch.log(total / len(self.FLIPS))
 
 
 def labels_of(probabilities: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Data in: reading and writing images and checkpoints, axes, normalisation, scribble rules."""

@@ -1,0 +1,1 @@
+"""Learning: the network, its training loop, patches, losses, settings and metrics."""

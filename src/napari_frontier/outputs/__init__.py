@@ -1,0 +1,1 @@
+"""Outputs: frontier vectors, batch prediction to files with provenance, project files."""

@@ -1,0 +1,1 @@
+"""Prediction: a trained network applied in tiles, to regions, and block by block."""
