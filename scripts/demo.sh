@@ -14,7 +14,7 @@ if [ "${1:-}" = "--headless" ] || [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; the
   .venv/bin/python - "$out/mask.tif" <<'PY'
 import sys
 from napari_frontier import read_image, score
-from napari_frontier.metrics import truth_from_mask
+from napari_frontier.learning.metrics import truth_from_mask
 mask = read_image(sys.argv[1])
 truth = read_image("sample_data/nuclei_truth.tif")
 s = score((mask == 255) * 1 + (mask == 0) * 2, truth_from_mask(truth))

@@ -212,7 +212,7 @@ def test_training_with_the_backbone_needs_no_network(monkeypatch):
 def test_cli_features(tmp_path, capsys):
     """--features trains what it names; info shows it; --from refuses another; predict
     (tiles, blocks, flips) works with the backbone."""
-    assert tuple(FEATURES) == cli.FEATURE_CHOICES
+    assert tuple(FEATURES) == cli.train.FEATURE_CHOICES
     image, scribbles = _disk()
     write_image(tmp_path / "img.tif", image)
     write_image(tmp_path / "scr.png", scribbles)

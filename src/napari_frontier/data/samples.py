@@ -12,8 +12,8 @@ from ..errors import FrontierIOError
 
 def sample_dir() -> Path:
     """Folder of the bundled samples (inside the package, or the repository's)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "sample_data", here.parents[1] / "sample_data"):
+    package = Path(__file__).resolve().parents[1]  # napari_frontier/, above data/
+    for candidate in (package / "sample_data", package.parents[1] / "sample_data"):
         if (candidate / "samples.json").is_file():
             return candidate
     raise FrontierIOError("the sample data folder was not found in this installation")
