@@ -1,4 +1,4 @@
-"""Autosave, restore and projects for the widget: layers in, :mod:`..project` files out.
+"""Autosave, restore and projects for the widget: layers in, :mod:`..outputs.project` files out.
 
 The files are written by the Qt-free :mod:`napari_frontier.outputs.project`; this
 module only gathers layer data (on the main thread) and owns the autosave

@@ -53,7 +53,9 @@ class ModelRef:
 
     In this process it hands out the live segmenter; pickled (to a
     ``distributed`` worker) it carries the checkpoint bytes, and each worker
-    process rebuilds the model once and caches it by ``token``.
+    process rebuilds the model once and caches it by ``token``, with the
+    ``load`` of the segmenter's own class: this layer drives a segmenter it is
+    given and never imports :mod:`napari_frontier.segmenter`, which sits above it.
     """
 
     def __init__(self, segmenter, device: str = "auto", threads: int | None = None):
@@ -73,6 +75,7 @@ class ModelRef:
         self.device = device
         self.threads = threads
         self.tta = segmenter.tta
+        self._kind = type(segmenter)  # pickled by name; its ``load`` rebuilds one
         payload = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -104,15 +107,13 @@ class ModelRef:
     def _load(self):
         import torch
 
-        from ..segmenter import Segmenter
-
         if self.threads:
             torch.set_num_threads(int(self.threads))
         fd, tmp = tempfile.mkstemp(suffix=".pt")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(self._payload)
-            seg = Segmenter.load(tmp, device=self.device)
+            seg = self._kind.load(tmp, device=self.device)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""Tiled prediction, frontier and uncertainty.
+"""Tiled prediction, test-time flips, frontier and uncertainty.
 
 Images of any size are predicted in tiles. Each tile carries a halo of
 context on every side that is cut away again, and tile origins are aligned to
