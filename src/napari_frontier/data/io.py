@@ -1,8 +1,9 @@
 """Reading images, writing masks atomically, and safe checkpoints.
 
-Every write goes to a temporary file in the target folder and is renamed into
-place only when complete, so a failure (full disk, read-only folder,
-interrupted process) never leaves a partial file under the final name.
+Every write goes to a temporary file (or folder, for a Zarr store) in the
+target folder and is renamed into place only when complete, so a failure
+(full disk, read-only folder, interrupted process) never leaves a partial
+file under the final name; :func:`atomic_path` is the one place that does it.
 Checkpoints are loaded with ``torch.load(weights_only=True)``: plain tensors
 and containers only, never arbitrary pickled code.
 """
@@ -15,6 +16,7 @@ import io as _io
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -127,31 +129,54 @@ def read_image(path) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, directory: bool = False):
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
-    On any exception the temporary file is removed and the error is raised as
-    :class:`FrontierIOError` (the original stays chained).
+    ``directory=False``: the temporary is an empty file (``.NAME.XXXX.part``),
+    synced to disk before the rename. ``directory=True``: a folder tree such as
+    a Zarr store; the temporary (``.NAME.part``, left over by a crashed write
+    and removed first) does not exist yet and the writer creates it, and an
+    existing ``path`` is replaced only once the new tree is complete.
+
+    Before the rename the file (or the folder) gets the permissions the umask
+    gives, as :func:`open` (or :func:`os.mkdir`) would give a new one, not the
+    0600 of a temporary file. On any exception the temporary is removed and
+    an :class:`OSError` is raised as :class:`FrontierIOError` (the original
+    stays chained).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise FrontierIOError(f"{path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise FrontierIOError(f"{path}: is a folder")
+    if directory:
+        tmp = folder / f".{path.name}.part"
+        _remove(tmp)
+    else:
+        if path.is_dir():
+            raise FrontierIOError(f"{path}: is a folder")
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        except OSError as exc:
+            raise FrontierIOError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
+        os.close(fd)
+        tmp = Path(name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise FrontierIOError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield tmp
+        if directory:
+            os.chmod(tmp, 0o777 & ~umask())
+            old = folder / f".{path.name}.old"
+            if os.path.lexists(path):
+                _remove(old)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~umask())
+            os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _remove(tmp)
         if isinstance(exc, OSError):
             reason = exc.strerror or str(exc)
             if exc.errno != errno.ENOSPC and _disk_full(folder):
@@ -159,6 +184,41 @@ def atomic_path(path):
                 reason = f"No space left on device ({reason})"
             raise FrontierIOError(f"{path}: write failed ({reason})") from exc
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree, if there is one (errors ignored)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+_UMASK_LOCK = threading.Lock()
+_UMASK: list[int] = []
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (for the permissions of new files).
+
+    From ``/proc/self/status`` where there is one (Linux); elsewhere by an
+    :func:`os.umask` round trip, done once under a lock (it is process-wide:
+    another thread creating a file meanwhile would get umask 0) and kept.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        if not _UMASK:
+            mask = os.umask(0o022)
+            os.umask(mask)
+            _UMASK.append(mask)
+        return _UMASK[0]
 
 
 def _disk_full(folder: Path, margin: int = 1 << 16) -> bool:

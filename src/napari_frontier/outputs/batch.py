@@ -231,11 +231,9 @@ def write_array(path, data, attrs: dict | None = None) -> Path:
     ``attrs``: napari-frontier metadata (e.g. provenance), in the Zarr attributes
     or the TIFF description (``{"napari_frontier": attrs}``); other formats drop it.
     """
-    import shutil
-
     import numpy as np
 
-    from ..data.io import write_image
+    from ..data.io import atomic_path, write_image
 
     path = Path(path)
     attrs = {"source": "napari-frontier", **(attrs or {})}
@@ -243,11 +241,9 @@ def write_array(path, data, attrs: dict | None = None) -> Path:
         return write_image(path, data, metadata={META_KEY: attrs})
     import zarr
 
-    from ..prediction.blocks import _create_array, _finish, _part
+    from ..prediction.blocks import _create_array
 
-    tmp = _part(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(path, directory=True) as tmp:
         chunks = (*(1,) * (data.ndim - 2), *(min(2048, s) for s in data.shape[-2:]))
         fill = np.nan if data.dtype.kind == "f" else 0
         target = _create_array(
@@ -255,12 +251,6 @@ def write_array(path, data, attrs: dict | None = None) -> Path:
             path.name.lower().endswith(".ome.zarr"), False,
         )  # fmt: skip
         zarr.open_array(target, mode="r+")[...] = data
-        _finish(tmp, path)
-    except OSError as exc:
-        raise FrontierIOError(f"{path}: write failed ({exc})") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -270,11 +260,12 @@ def _write_from_zarr(zpath: Path, target: Path) -> None:
 
     import zarr
 
-    from ..data.io import write_image
-    from ..prediction.blocks import _finish, zarr_to_tiff
+    from ..data.io import atomic_path, write_image
+    from ..prediction.blocks import zarr_to_tiff
 
     if _zarr_name(target):
-        _finish(zpath, target)
+        with atomic_path(target, directory=True) as tmp:
+            os.replace(zpath, tmp)
         return
     arr = zarr.open_array(str(zpath), mode="r")
     meta = {META_KEY: dict(arr.attrs)}

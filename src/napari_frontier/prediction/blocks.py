@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.io import atomic_path
 from ..data.layout import Layout
 from ..data.normalise import NormStats
 from ..errors import FrontierIOError, ImageError
@@ -480,58 +481,53 @@ def predict_to_zarr(
         "nodata_labels": 0,
         **(attrs or {}),
     }
-    outputs, targets, parts = {}, {}, []
+    outputs, targets = {}, {}
+    # Each output goes to a temporary store, renamed into place (the mask
+    # last) once every block is written; a failure removes them all.
     try:
-        for kind, path, shape, chunks, dtype, fill in [
-            (
-                format,
-                mask,
-                layout.scribble_shape,
-                (*lead_chunks, plan.block, plan.block),
-                "uint8",
-                0,
-            ),
-            (
-                "probabilities",
-                probabilities,
-                (seg.n_classes, *layout.scribble_shape),
-                (seg.n_classes, *lead_chunks, plan.block, plan.block),
-                "float32",
-                np.nan,
-            ),
-        ]:
-            if path is None:
-                continue
-            path = Path(path)
-            if not path.parent.is_dir():
-                raise FrontierIOError(f"{path}: folder {path.parent} does not exist")
-            tmp = _part(path)
-            shutil.rmtree(tmp, ignore_errors=True)
-            parts.append(tmp)
-            ome = path.name.lower().endswith(".ome.zarr")
-            targets[kind] = str(
-                Path(
-                    _create_array(
-                        tmp,
-                        shape,
-                        chunks,
-                        dtype,
-                        fill,
-                        attrs | {"kind": kind},
-                        ome,
-                        kind == "probabilities",
-                    )
-                ).resolve()
-            )
-            outputs["probabilities" if kind == "probabilities" else "mask"] = (tmp, path)
-        ref = ModelRef(seg, device=str(seg.device), threads=worker_threads)
-        tasks = _tasks(seg, image, layout, stats, plan, tile, targets, ref)
-        _run(tasks, scheduler, progress, workers)
-        for tmp, path in outputs.values():
-            _finish(tmp, path)
+        with contextlib.ExitStack() as stack:
+            for kind, path, shape, chunks, dtype, fill in [
+                (
+                    format,
+                    mask,
+                    layout.scribble_shape,
+                    (*lead_chunks, plan.block, plan.block),
+                    "uint8",
+                    0,
+                ),
+                (
+                    "probabilities",
+                    probabilities,
+                    (seg.n_classes, *layout.scribble_shape),
+                    (seg.n_classes, *lead_chunks, plan.block, plan.block),
+                    "float32",
+                    np.nan,
+                ),
+            ]:
+                if path is None:
+                    continue
+                path = Path(path)
+                tmp = stack.enter_context(atomic_path(path, directory=True))
+                ome = path.name.lower().endswith(".ome.zarr")
+                targets[kind] = str(
+                    Path(
+                        _create_array(
+                            tmp,
+                            shape,
+                            chunks,
+                            dtype,
+                            fill,
+                            attrs | {"kind": kind},
+                            ome,
+                            kind == "probabilities",
+                        )
+                    ).resolve()
+                )
+                outputs["probabilities" if kind == "probabilities" else "mask"] = (tmp, path)
+            ref = ModelRef(seg, device=str(seg.device), threads=worker_threads)
+            tasks = _tasks(seg, image, layout, stats, plan, tile, targets, ref)
+            _run(tasks, scheduler, progress, workers)
     finally:
-        for tmp in parts:
-            shutil.rmtree(tmp, ignore_errors=True)
         for path in targets.values():
             _ARRAYS.pop(path, None)
     return {k: path for k, (_, path) in outputs.items()}
@@ -577,8 +573,6 @@ def zarr_to_tiff(source, path, tile: int = 256, metadata: dict | None = None) ->
     """
     import tifffile
     import zarr
-
-    from ..data.io import atomic_path
 
     arr = zarr.open(str(source), mode="r") if not hasattr(source, "shape") else source
     if not hasattr(arr, "shape"):
