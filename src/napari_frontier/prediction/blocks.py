@@ -25,7 +25,6 @@ import copy
 import hashlib
 import io as _io
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -276,21 +275,6 @@ def _create_array(
 def _axes(n: int, channel: bool):
     lead = [("t", "time"), ("z", "space")][-(n - 2 - channel) :] if n - 2 - channel else []
     return [("c", "channel")] * channel + lead + [("y", "space"), ("x", "space")]
-
-
-def _part(path: Path) -> Path:
-    return path.parent / f".{path.name}.part"
-
-
-def _finish(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.parent / f".{path.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 # -- the block task -------------------------------------------------------------
