@@ -6,10 +6,10 @@ the validity mask as an extra input channel, so it can tell "dark" from
 "unknown"; the engine also excludes invalid pixels from loss and metrics and
 writes them as a no-data value in exported masks.
 
-Two paths, co-located here: :func:`prepare` normalises a 2D image in memory
-with its own percentiles; :func:`compute_stats` takes the percentiles over a
-whole N-D image (all slices, read band by band), so every slice of a stack,
-and every block of a huge image, is normalised alike by :func:`normalise`.
+One path: :func:`compute_stats` takes the percentiles over a whole N-D
+image (all slices, read band by band) and :func:`normalise` applies them, so
+every slice of a stack, and every block of a huge image, is normalised alike;
+:func:`prepare` is the two for a 2D image in memory.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from ..errors import ImageError
 from .layout import Layout
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
-_MAX_SAMPLES = 1_000_000
 #: Channels with values beyond this are divided by their peak before normalising.
 _HUGE = 1e150
-#: At most this many valid pixels per channel enter the percentile estimate
-#: (the same rule as :func:`prepare`).
+#: At most this many valid pixels per channel enter the percentile estimate.
 MAX_SAMPLES = 1_000_000
 #: Rows read at a time when sampling a large slice for statistics.
 _BAND_PIXELS = 16_000_000
@@ -88,51 +86,6 @@ def validity_mask(image_cf: np.ndarray, nodata: float | None = None) -> np.ndarr
     return valid
 
 
-def prepare(
-    image: np.ndarray,
-    channel_axis: int | None = None,
-    nodata: float | None = None,
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-) -> Prepared:
-    """Normalise each channel to roughly [0, 1] by robust percentiles.
-
-    Percentiles are taken per image over valid pixels, so a model trained on
-    one image applies to others with different brightness.
-    """
-    cf = channels_first(image, channel_axis)
-    if cf.shape[1] == 0 or cf.shape[2] == 0:
-        raise ImageError(f"image has no pixels (shape {np.asarray(image).shape})")
-    if cf.dtype.kind not in "biuf":
-        raise ImageError(f"unsupported image dtype {cf.dtype}")
-    valid = validity_mask(cf, nodata)
-    if not valid.any():
-        raise ImageError("the image has no valid pixel (all NaN, infinite or no-data)")
-    x = np.empty(cf.shape, dtype=np.float32)
-    flat_valid = valid.ravel()
-    stride = max(1, int(flat_valid.sum()) // _MAX_SAMPLES)
-    for c in range(cf.shape[0]):
-        channel = cf[c].astype(np.float64)
-        samples = channel.ravel()[flat_valid][::stride]
-        peak = float(np.abs(samples).max()) if samples.size else 0.0
-        if peak > _HUGE:
-            # Differences of values near the float64 limit overflow to inf:
-            # bring the channel into range first (normalisation is scale-free).
-            channel /= peak
-            samples = samples / peak
-        lo, hi = np.percentile(samples, percentiles)
-        scale = hi - lo
-        if not np.isfinite(scale) or scale <= 0:
-            # Constant (or nearly constant) channel: centre it, keep it flat.
-            lo, scale = float(samples.min()), max(float(samples.max() - samples.min()), 1.0)
-        out = (channel - lo) / scale
-        # Keep huge outliers from dominating; values far outside the
-        # percentile range carry no extra information for the network.
-        np.clip(out, -4.0, 5.0, out=out)
-        out[~valid] = 0.0
-        x[c] = out
-    return Prepared(x=np.concatenate([x, valid[None].astype(np.float32)]), valid=valid)
-
-
 @dataclass(frozen=True)
 class NormStats:
     """Per-channel normalisation ``(x - lo) / scale``, from whole-image percentiles."""
@@ -166,10 +119,10 @@ def compute_stats(
 ) -> NormStats:
     """Percentile normalisation statistics over the whole image, read band by band.
 
-    For a 2D numpy image this gives exactly what
-    :func:`prepare` uses (so do lazy 2D images
-    under ``4 * max_samples`` pixels). Larger images are subsampled on a regular grid (at
-    most ``max_samples`` pixels per channel, from at most 64 evenly spaced
+    A 2D numpy image (and a lazy 2D image under ``4 * max_samples`` pixels)
+    gives every valid pixel, strided down to ``max_samples``, to the
+    percentiles. Larger images are subsampled on a regular grid (at most
+    ``max_samples`` pixels per channel, from at most 64 evenly spaced
     slices), so a huge or lazy image is read once, a band at a time.
     """
     _check_dtype(getattr(image, "dtype", np.float32))
@@ -179,7 +132,7 @@ def compute_stats(
         indices = [indices[i] for i in np.linspace(0, len(indices) - 1, 64).round().astype(int)]
     total = len(indices) * h * w
     # grid stride per axis: 1 (every pixel) below 4x the budget, and for a 2D
-    # image in memory (then exactly the samples of ``prepare``)
+    # image in memory
     s = max(1, int(np.sqrt(total / max_samples)))
     if isinstance(image, np.ndarray) and not layout.lead_shape:
         s = 1
@@ -207,6 +160,7 @@ def compute_stats(
         lo, hi = np.percentile(samples, percentiles)
         scale = hi - lo
         if not np.isfinite(scale) or scale <= 0:
+            # Constant (or nearly constant) channel: centre it, keep it flat.
             lo, scale = float(samples.min()), max(float(samples.max() - samples.min()), 1.0)
         lo_all.append(float(lo))
         scale_all.append(float(scale))
@@ -215,7 +169,7 @@ def compute_stats(
 
 
 def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> Prepared:
-    """Normalise a ``(C, h, w)`` slice with given statistics (same formula as ``prepare``)."""
+    """Normalise a ``(C, h, w)`` slice with given statistics (from :func:`compute_stats`)."""
     _check_dtype(cf.dtype)
     if cf.shape[0] != len(stats.lo):
         raise ImageError(
@@ -235,6 +189,8 @@ def normalise(cf: np.ndarray, stats: NormStats, nodata: float | None = None) -> 
                 chan /= stats.prescale[c]
             chan -= stats.lo[c]
             chan /= stats.scale[c]
+            # Keep huge outliers from dominating; values far outside the
+            # percentile range carry no extra information for the network.
             np.clip(chan, -4.0, 5.0, out=chan)
             if not all_valid:
                 chan[~valid[band]] = 0.0
@@ -253,6 +209,25 @@ def prepare_slice(
 ) -> Prepared:
     """Read and normalise one slice (or a region of it)."""
     return normalise(layout.read(image, index, region), stats, nodata)
+
+
+def prepare(
+    image: np.ndarray,
+    channel_axis: int | None = None,
+    nodata: float | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> Prepared:
+    """Normalise each channel of a 2D image to roughly [0, 1] by robust percentiles.
+
+    Percentiles are taken per image over valid pixels, so a model trained on
+    one image applies to others with different brightness: :func:`compute_stats`
+    then :func:`normalise`, as for every slice of an N-D image.
+    """
+    cf = channels_first(image, channel_axis)
+    if cf.shape[1] == 0 or cf.shape[2] == 0:
+        raise ImageError(f"image has no pixels (shape {np.asarray(image).shape})")
+    stats = compute_stats(cf, Layout(cf.shape, channel_axis=0), nodata, percentiles)
+    return normalise(cf, stats, nodata)
 
 
 class NormalisedSlice:
