@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from napari_frontier.data.normalise import prepare
-from napari_frontier.data.scribbles import IGNORE, split_strokes, to_targets, validate_scribbles
+from napari_frontier.data.scribbles import (
+    IGNORE,
+    missing_classes,
+    split_strokes,
+    to_targets,
+    validate_scribbles,
+)
 from napari_frontier.errors import ImageError, ScribbleError, ShapeMismatchError
 
 
@@ -23,6 +29,30 @@ def test_validate_scribbles_errors():
         validate_scribbles(s, 3, shape=(5, 4))
     with pytest.raises(ScribbleError):
         validate_scribbles(np.full((2, 2), 0.5))
+
+
+def test_a_box_of_the_scribbles_may_lack_a_class():
+    box = np.ones((2, 3), np.uint8)  # an edit's new labels: class 1 only
+    out = validate_scribbles(box, 2, (5, 6), require_all_classes=False, start=(3, 3))
+    assert out.dtype == np.int64 and out.shape == (2, 3)
+    for start in ((4, 4), (-1, 0), (0,)):
+        with pytest.raises(ShapeMismatchError, match="scribbles have shape"):
+            validate_scribbles(box, 2, (5, 6), require_all_classes=False, start=start)
+    with pytest.raises(ScribbleError, match="only 0"):
+        validate_scribbles(box * 3, 2, (5, 6), require_all_classes=False, start=(0, 0))
+    with pytest.raises(ValueError, match="require_all_classes"):
+        validate_scribbles(box, 2, (5, 6), start=(0, 0))
+
+
+def test_one_message_for_a_missing_class():
+    assert missing_classes([4, 1]) == ""
+    assert missing_classes([4, 0]) == (
+        'no painted pixel for class 2 ("is not"); paint at least one stroke of every class'
+    )
+    assert missing_classes([0, 1, 0]).startswith("no painted pixel for class 1, 3;")
+    assert missing_classes([0, 2], ("cell", "rest"), on_valid_pixels=True).startswith(
+        'no painted pixel (on valid image pixels) for class 1 ("cell");'
+    )
 
 
 def test_targets_ignore_void_and_invalid():

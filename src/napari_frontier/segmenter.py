@@ -21,7 +21,7 @@ from .data.normalise import (
     prepare,
     prepare_slice,
 )
-from .data.scribbles import DEFAULT_CLASS_NAMES
+from .data.scribbles import default_class_names
 from .errors import CheckpointError, ImageError, ShapeMismatchError
 from .learning.config import TrainConfig, TrainUpdate
 from .learning.device import select_device
@@ -103,11 +103,9 @@ class Segmenter:
         if n_classes < 2:
             raise ValueError("n_classes must be at least 2")
         self.n_classes = n_classes
-        if class_names is None:
-            class_names = (
-                DEFAULT_CLASS_NAMES if n_classes == 2 else [str(k) for k in range(1, n_classes + 1)]
-            )
-        self.class_names = tuple(class_names)
+        self.class_names = tuple(
+            default_class_names(n_classes) if class_names is None else class_names
+        )
         self.channel_axis = channel_axis
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.nodata = nodata

@@ -29,8 +29,11 @@ def validate_scribbles(
     n_classes: int = 2,
     shape: tuple[int, ...] | None = None,
     require_all_classes: bool = True,
+    *,
+    start: tuple[int, ...] | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> np.ndarray:
-    """Check scribbles and return them as a ``uint8``/``int64`` label array.
+    """Check scribbles (or a box of them) and return them as an ``int64`` label array.
 
     Parameters
     ----------
@@ -39,10 +42,18 @@ def validate_scribbles(
     n_classes
         Number of classes K.
     shape
-        Expected spatial shape (the image's); a mismatch raises
+        The shape of the image's scribbles (the image's without channels): the
+        scribbles must have it or, with ``start``, lie inside it; otherwise
         :class:`ShapeMismatchError`.
     require_all_classes
         Raise :class:`ScribbleError` unless every class has a painted pixel.
+        Not for a box: it may lack a class painted elsewhere (count the
+        whole, then :func:`missing_classes`).
+    start
+        The scribbles are the box of the image's scribbles that starts at this
+        index on every axis (the new labels of a :class:`ScribbleDelta`).
+    class_names
+        The classes' names in messages (default :func:`default_class_names`).
 
     Returns
     -------
@@ -50,9 +61,12 @@ def validate_scribbles(
         The scribbles as ``int64``.
     """
     scribbles = np.asarray(scribbles)
-    if shape is not None and tuple(scribbles.shape) != tuple(shape):
+    if start is not None and require_all_classes:
+        raise ValueError("a box of the scribbles may lack a class: give require_all_classes=False")
+    if shape is not None and not _fits(scribbles.shape, shape, start):
+        where = "" if start is None else f" from {tuple(start)}"
         raise ShapeMismatchError(
-            f"scribbles have shape {scribbles.shape} but the image is {tuple(shape)}; "
+            f"scribbles have shape {scribbles.shape}{where} but the image is {tuple(shape)}; "
             "paint the scribbles on a layer of the same size as the image"
         )
     if scribbles.dtype == bool:
@@ -71,20 +85,44 @@ def validate_scribbles(
             )
     scribbles = scribbles.astype(np.int64, copy=False)
     if require_all_classes:
-        counts = class_counts(scribbles, n_classes)
-        missing = [k + 1 for k in range(n_classes) if counts[k] == 0]
-        if missing:
-            names = ", ".join(_class_name(k, n_classes) for k in missing)
-            raise ScribbleError(
-                f"no painted pixel for class {names}; paint at least one stroke of every class"
-            )
+        problem = missing_classes(class_counts(scribbles, n_classes), class_names)
+        if problem:
+            raise ScribbleError(problem)
     return scribbles
 
 
-def _class_name(k: int, n_classes: int) -> str:
+def _fits(box: tuple[int, ...], shape: tuple[int, ...], start: tuple[int, ...] | None) -> bool:
+    if start is None:
+        return tuple(box) == tuple(shape)
+    return len(start) == len(box) == len(shape) and all(
+        s >= 0 and s + n <= m for s, n, m in zip(start, box, shape)
+    )
+
+
+def default_class_names(n_classes: int) -> tuple[str, ...]:
+    """ "is" and "is not" for two classes, else the numbers 1..K."""
     if n_classes == 2:
-        return f'{k} ("{DEFAULT_CLASS_NAMES[k - 1]}")'
-    return str(k)
+        return DEFAULT_CLASS_NAMES
+    return tuple(str(k) for k in range(1, n_classes + 1))
+
+
+def missing_classes(
+    counts, class_names: tuple[str, ...] | None = None, on_valid_pixels: bool = False
+) -> str:
+    """Why training cannot start: the classes with no painted pixel, or "" if none.
+
+    ``counts``: painted pixels of each class 1..K (:func:`class_counts`);
+    ``on_valid_pixels``: they count valid image pixels only.
+    """
+    missing = [k + 1 for k, n in enumerate(counts) if n <= 0]
+    if not missing:
+        return ""
+    names = class_names or default_class_names(len(counts))
+    which = ", ".join(
+        str(k) if names[k - 1] == str(k) else f'{k} ("{names[k - 1]}")' for k in missing
+    )
+    where = " (on valid image pixels)" if on_valid_pixels else ""
+    return f"no painted pixel{where} for class {which}; paint at least one stroke of every class"
 
 
 def class_counts(scribbles: np.ndarray, n_classes: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from ..data.scribbles import (
     IGNORE,
     ScribbleDelta,
     class_counts,
+    missing_classes,
     split_strokes,
     to_targets,
     validate_scribbles,
@@ -170,13 +171,9 @@ class TrainingData:
                 p = self.prepared((i, idx))
                 counts += class_counts(np.where(p.valid, s[idx], 0), self.n_classes)
                 units.append(((i, idx), to_targets(tr[idx], p.valid), to_targets(ho[idx], p.valid)))
-        missing = [k + 1 for k in range(self.n_classes) if counts[k] == 0]
-        if missing:
-            names = ", ".join(f'{k} ("{self.class_names[k - 1]}")' for k in missing)
-            raise ScribbleError(
-                f"no painted pixel (on valid image pixels) for class {names}; "
-                "paint at least one stroke of every class"
-            )
+        problem = missing_classes(counts, self.class_names, on_valid_pixels=True)
+        if problem:
+            raise ScribbleError(problem)
         return units
 
     # -- new scribbles while training runs ---------------------------------------------

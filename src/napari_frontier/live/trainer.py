@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.scribbles import ScribbleDelta, union_box
+from ..data.scribbles import (
+    ScribbleDelta,
+    class_counts,
+    missing_classes,
+    union_box,
+    validate_scribbles,
+)
+from ..errors import ScribbleError, ShapeMismatchError
 from ..prediction.tiling import frontier_mask, uncertainty
 from .convergence import StabilityMonitor
 
@@ -550,52 +557,26 @@ class LiveTrainer:
 
     def _apply(self, deltas: list[ScribbleDelta]) -> str:
         """Write deltas into the trainer's scribbles; "" or why they are not trained on yet."""
-        from ..data.scribbles import class_counts
-
         k = self.segmenter.n_classes
         shape = self.scribbles.shape
         problem = ""
         for delta in deltas:
-            labels = np.asarray(delta.labels)
             start = tuple(int(s) for s in delta.start)
-            if (
-                len(start) != len(shape)
-                or labels.ndim != len(shape)
-                or any(s < 0 or s + n > m for s, n, m in zip(start, labels.shape, shape))
-            ):
-                problem = (
-                    f"scribbles have shape {labels.shape} but the image is {shape}; "
-                    "paint the scribbles on a layer of the same size as the image"
+            try:
+                labels = validate_scribbles(
+                    delta.labels, k, shape, require_all_classes=False, start=start
                 )
+            except (ScribbleError, ShapeMismatchError) as exc:
+                problem = str(exc)
                 continue
-            if labels.size:
-                kind = labels.dtype.kind
-                if kind not in "biuf" or (kind == "f" and not np.all(labels == np.round(labels))):
-                    problem = "scribbles must hold whole numbers (0 = void, 1..K = classes)"
-                    continue
-                lo, hi = labels.min(), labels.max()
-                if lo < 0 or hi > k:
-                    problem = (
-                        f"scribbles hold values from {lo} to {hi}, but only 0 (void) and "
-                        f"1..{k} (classes) are allowed"
-                    )
-                    continue
             region = tuple(slice(s, s + n) for s, n in zip(start, labels.shape, strict=True))
             self._counts += class_counts(labels, k) - class_counts(self.scribbles[region], k)
             self.scribbles[region] = labels
             self._pending = union_box(self._pending, region)
             self._pending_version = max(self._pending_version, delta.version)
-        missing = [c + 1 for c in range(k) if self._counts[c] <= 0]
+        missing = missing_classes(self._counts, self.segmenter.class_names)
         #: The trainer's scribbles lack a class: they wait (in ``_pending``)
         #: until it is painted again; training goes on with the last good ones.
         self._blocked = bool(missing)
-        if problem:
-            return f"kept the previous scribbles: {problem}"
-        if missing:
-            names = self.segmenter.class_names
-            which = ", ".join(f'{c} ("{names[c - 1]}")' for c in missing)
-            return (
-                f"kept the previous scribbles: no painted pixel for class {which}; "
-                "paint at least one stroke of every class"
-            )
-        return ""
+        problem = problem or missing
+        return f"kept the previous scribbles: {problem}" if problem else ""
