@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_frontier.data.samples import load_sample
 from napari_frontier.data.scribbles import ScribbleDelta
 from napari_frontier.learning.config import TrainConfig
-from napari_frontier.learning.device import select_device
 from napari_frontier.learning.metrics import score, truth_from_mask
 from napari_frontier.live.trainer import Failed, LiveTrainer, OverlayDelta
+from napari_frontier.prediction.device import select_device
 from napari_frontier.prediction.tiling import predict_probabilities
 from napari_frontier.segmenter import Segmenter
 

@@ -24,10 +24,10 @@ from .data.normalise import (
 from .data.scribbles import default_class_names
 from .errors import CheckpointError, ImageError, ShapeMismatchError
 from .learning.config import TrainConfig, TrainUpdate
-from .learning.device import select_device
 from .learning.network import ModelConfig, build_model, features_settings
 from .learning.trainer import Trainer, WeightAverage, make_optimizer
 from .learning.training_data import TrainingData
+from .prediction.device import channels_last, select_device
 from .prediction.regions import predict_region
 from .prediction.tiling import FlipAverage, Prediction, predict_labels, predict_probabilities
 
@@ -173,9 +173,7 @@ class Segmenter:
         cfg = ModelConfig(
             in_channels=in_channels, n_classes=self.n_classes, **self._model_overrides
         )
-        self.model = build_model(cfg).to(self.device)
-        if self.device.type != "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = channels_last(build_model(cfg).to(self.device), self.device)
         self.optimizer = None
         self._ema = None
 

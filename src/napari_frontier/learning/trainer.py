@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..data.scribbles import IGNORE
+from ..prediction.device import autocast, autocast_dtype, channels_last
 from ..prediction.tiling import predict_probabilities
 from .config import TrainConfig, TrainingDiverged, TrainingOutOfMemory, TrainUpdate
-from .device import autocast_dtype
 from .losses import class_balance_weights, dense_crf_loss, masked_cross_entropy
 from .sampling import PatchSampler
 from .training_data import TrainingData
@@ -90,15 +90,13 @@ def draw_batch(
     xb = torch.from_numpy(x).to(device, non_blocking=True)
     tb = torch.from_numpy(t).to(device, non_blocking=True)
     fb = None if f is None else torch.from_numpy(f).to(device, non_blocking=True)
-    if device.type != "cpu":
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    return Inputs(xb, fb), tb
+    return Inputs(channels_last(xb), fb), tb
 
 
 def forward(model: torch.nn.Module, inputs: Inputs, amp_dtype=None) -> torch.Tensor:
     """The model's logits for a batch (mixed precision with ``amp_dtype``)."""
     x, f = inputs
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with autocast(x.device, amp_dtype):
         return model(x) if f is None else model(x, f)
 
 

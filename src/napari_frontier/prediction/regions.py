@@ -15,10 +15,6 @@ from ..data.normalise import NormStats, normalise
 from ..errors import ImageError
 
 
-def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
-
-
 def region_window(
     region: tuple[slice, slice], yx: tuple[int, int], multiple: int, halo: int
 ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
@@ -59,6 +55,8 @@ def predict_region(
     Reads only the region plus its halo of context; equals the same region of
     a whole-image prediction within float rounding.
     """
+    from .tiling import _round_up
+
     cfg = model.config
     halo = _round_up(cfg.halo if halo is None else halo, cfg.multiple)
     if region is None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data.scribbles import IS
+from .device import autocast, autocast_dtype, channels_last
 
 
 def _round_up(v: int, m: int) -> int:
@@ -82,9 +83,7 @@ def _tiles(model, x, device, tile, halo, batch_size, amp, progress, workers=1, p
     side = step + 2 * halo
     origins = [(ty * step, tx * step) for ty in range(ny) for tx in range(nx)]
     batches = [origins[i : i + batch_size] for i in range(0, len(origins), batch_size)]
-    amp_dtype = None
-    if amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(device) if amp else None
     threads = torch.get_num_threads()
     workers = min(workers or 1, MAX_TILE_WORKERS, len(batches), threads)
     if device.type != "cpu":
@@ -100,10 +99,8 @@ def _tiles(model, x, device, tile, halo, batch_size, amp, progress, workers=1, p
                     for y, x0 in chunk
                 ]
             )
-            xb = torch.from_numpy(batch).to(device)
-            if device.type != "cpu":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            xb = channels_last(torch.from_numpy(batch).to(device))
+            with autocast(device, amp_dtype):
                 logits = model(xb)
             probs = torch.softmax(logits.float(), dim=1)[
                 :, :, halo : halo + step, halo : halo + step
