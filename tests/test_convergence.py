@@ -194,5 +194,6 @@ def test_cli_train_until_stable(tmp_path, disk_image, capsys):
     code = cli.main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "frontier: stopped: prediction stable — more training changes little" in err, err
+    assert "frontier: stopped: the prediction is stable (the frontier moved" in err, err
+    assert "stop when you like" not in err  # the GUI's words
     assert (tmp_path / "m.pt").exists()

@@ -201,6 +201,8 @@ def test_cli_help_explains_options(capsys):
             cli.main([cmd, "--help"])
         text = capsys.readouterr().out
         assert "--output" in text
+        if cmd == "predict":  # the default mask keeps every class
+            assert "labels for more classes" in " ".join(text.split())
 
 
 def test_cli_export_program_matches_model(tmp_path, trained):
@@ -253,3 +255,81 @@ def test_cli_predict_tta_equals_the_api_and_is_recorded(tmp_path, disk_image):
     )
     assert read_provenance(tmp_path / "a.tif")["options"]["tta"] == "flips"
     assert "tta" not in read_provenance(tmp_path / "b.tif")["options"]
+
+
+def test_cli_export_prints_no_library_warning(tmp_path, trained):
+    seg, _ = trained
+    seg.save(tmp_path / "m.pt")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "napari_frontier.cli",
+            "export",
+            "m.pt",
+            "-o",
+            "m.pt2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    # our own message only (torch's logger once warned of the temporary's name)
+    assert r.stderr.startswith("frontier: wrote m.pt2, a torch.export program")
+    assert "warn" not in r.stderr.lower() and ".part" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt2"]
+
+
+def _three_classes():
+    r = np.random.default_rng(0)
+    image = np.zeros((64, 64), np.float32)
+    image[:, 21:42], image[:, 42:] = 100, 200
+    image += r.normal(0, 5, image.shape).astype(np.float32)
+    s = np.zeros((64, 64), np.uint8)
+    s[10:50, 5:8], s[10:50, 30:33], s[10:50, 55:58] = 1, 2, 3
+    return image, s
+
+
+def test_cli_three_classes_keep_their_labels_and_frontier(tmp_path, capsys):
+    import json
+
+    image, scribbles = _three_classes()
+    seg = Segmenter(n_classes=3, train_config=FAST, model_config=dict(width=8, depth=2))
+    seg.fit(image, scribbles, steps=60)
+    seg.save(tmp_path / "m3.pt")
+    write_image(tmp_path / "img.tif", image)
+    args = ["predict", str(tmp_path / "m3.pt"), str(tmp_path / "img.tif")]
+    out = ["-o", str(tmp_path / "m3.tif"), "--frontier", str(tmp_path / "f.geojson")]
+    assert cli.main([*args, *out]) == 0
+    mask = read_image(tmp_path / "m3.tif")
+    np.testing.assert_array_equal(mask, seg.predict(image).labels)  # labels by default
+    assert set(np.unique(mask)) == {1, 2, 3}
+    assert "class labels 1..3" in capsys.readouterr().err
+    doc = json.loads((tmp_path / "f.geojson").read_text())
+    assert {f["properties"]["class"] for f in doc["features"]} == {1, 2, 3}  # every class
+    assert cli.main([*args, "-o", str(tmp_path / "b.tif"), "--format", "binary"]) == 0
+    assert set(np.unique(read_image(tmp_path / "b.tif"))) <= {0, 255}
+    assert "0 = any other class" in capsys.readouterr().err
+    code = cli.main([*args, *out, "--frontier-classes", "2,4"])
+    assert code == 2 and "classes 4: the model has classes 1..3" in capsys.readouterr().err
+    code = cli.main([*args, "-o", str(tmp_path / "c.tif"), "--frontier-classes", "all"])
+    assert code == 2 and "give that too" in capsys.readouterr().err
+
+
+def test_cli_train_reports_held_out_strokes_only_when_asked(tmp_path, disk_image):
+    image, scribbles, _ = disk_image
+    write_image(tmp_path / "img.tif", image)
+    write_image(tmp_path / "scr.png", scribbles)
+    base = ("train", "img.tif", "-s", "scr.png", "--steps", "5", "--threads", "1", "--width", "8")
+    r = _run(*base, "-o", "a.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("frontier: trained 5 steps") and line.endswith("wrote a.pt")
+    assert "held-out" not in line and "n/a" not in line
+    r = _run(*base, "-o", "b.pt", "--holdout", "0.3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "on the held-out strokes" in r.stderr and "n/a" not in r.stderr

@@ -7,7 +7,13 @@ import torch
 from napari_frontier import cli
 from napari_frontier.data.io import read_image, write_image
 from napari_frontier.learning.config import TrainConfig
-from napari_frontier.prediction.tiling import Prediction, labels_of, predict_probabilities
+from napari_frontier.prediction.tiling import (
+    Prediction,
+    decode_mask,
+    encode_mask,
+    labels_of,
+    predict_probabilities,
+)
 from napari_frontier.segmenter import Segmenter
 
 
@@ -43,6 +49,19 @@ def test_labels_of_is_argmax_with_nan_as_zero(rng, k):
     binary = np.where(expected == 1, 255, 0).astype(np.uint8)
     binary[~valid] = 127
     np.testing.assert_array_equal(pred.mask("binary"), binary)
+    # the default keeps every class: binary for two, labels for more
+    np.testing.assert_array_equal(pred.mask(), binary if k == 2 else expected)
+    # the one encoding and its inverse
+    np.testing.assert_array_equal(encode_mask(expected, "binary"), binary)
+    np.testing.assert_array_equal(decode_mask(binary, "binary"), np.minimum(expected, 2))
+    np.testing.assert_array_equal(decode_mask(pred.mask("labels"), "labels"), expected)
+    every = np.arange(256, dtype=np.uint8)  # any byte: 255 "is", 0 "is not", else invalid
+    np.testing.assert_array_equal(
+        decode_mask(every), np.select([every == 255, every == 0], [1, 2], 0)
+    )
+    np.testing.assert_array_equal(decode_mask(every.astype(np.int32)), decode_mask(every))
+    with pytest.raises(ValueError, match="mask format"):
+        pred.mask("rgb")
 
 
 def test_predict_labels_equals_predict(seg_image):

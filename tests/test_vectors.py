@@ -15,6 +15,7 @@ from napari_frontier.learning.config import TrainConfig
 from napari_frontier.outputs.provenance import read_provenance
 from napari_frontier.outputs.vectors import (
     GeoReference,
+    frontier_classes,
     frontier_polygons,
     frontier_shapes,
     read_georeference,
@@ -109,8 +110,14 @@ def _smooth_probs(k, shape=(80, 90), seed=0):
 def test_probability_contours_match_the_predicted_mask(k):
     probs = _smooth_probs(k)
     truth = probs.argmax(0) + 1
-    polys = frontier_polygons(probabilities=probs)
+    # by default a two-class model gives its "is" objects, more classes every class
+    default = frontier_polygons(probabilities=probs)
+    assert {p.label for p in default} == ({1} if k == 2 else set(range(1, k + 1)))
+    polys = frontier_polygons(probabilities=probs, classes="all")
     assert {p.label for p in polys} == set(range(1, k + 1))
+    assert [p.exterior.tolist() for p in default] == [
+        p.exterior.tolist() for p in polys if p.label in {q.label for q in default}
+    ]
     centre = lambda r: (r[:, 0], r[:, 1])  # noqa: E731  (napari convention: centres at integers)
     raster = _raster([(p.rings, p.label) for p in polys], truth.shape, centre)
     _check(raster, truth, range(1, k + 1))
@@ -129,6 +136,23 @@ def test_probability_contours_match_the_predicted_mask(k):
             on_edge = (r % 1 == 0).any(1)
             p = map_coordinates(probs[0].astype(np.float64), r[on_edge].T, order=1)
             np.testing.assert_allclose(p, 0.5, atol=1e-4)
+
+
+def test_which_classes_are_traced():
+    assert frontier_classes(2) == (1,)
+    assert frontier_classes(3) == frontier_classes(3, "all") == (1, 2, 3)
+    assert frontier_classes(2, "ALL") == (1, 2)
+    assert frontier_classes(4, [3, 1, 3]) == (1, 3)
+    for bad, needle in ((["0"], "classes 1..2"), ([3], "classes 1..2"), ([], "no class"),
+                        ("some", "'all'")):  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            frontier_classes(2, bad)
+    # a class map alone: K from its highest class (at least 2), or given
+    lab = np.ones((8, 8), np.uint8)
+    lab[2:5, 2:5] = 2
+    assert [p.label for p in frontier_polygons(lab)] == [1]
+    assert [p.label for p in frontier_polygons(lab, n_classes=3)] == [1, 2]
+    assert frontier_shapes(lab)[1] == [1, 1]  # the outline and the hole of class 1
 
 
 def test_holes_and_stacks_for_napari_shapes():
@@ -222,10 +246,24 @@ def test_cli_frontier_outputs(tmp_path, model, capsys):
     assert doc["crs"]["properties"]["name"].endswith("32633")
     assert read_provenance(tmp_path / "f.geojson") == read_provenance(tmp_path / "mask.tif")
     to_rc = lambda r: ((4600000 - r[:, 1]) / 5 - 0.5, (r[:, 0] - 500000) / 10 - 0.5)  # noqa: E731
-    raster = _raster([(f["geometry"]["coordinates"], f["properties"]["class"])
-                      for f in doc["features"]], mask.shape, to_rc)  # fmt: skip
+    # by default the "is" objects only: every feature drawn at once is the "is" mask
+    assert {f["properties"]["class"] for f in doc["features"]} == {1}
+    raster = _raster([(f["geometry"]["coordinates"], 1) for f in doc["features"]],
+                     mask.shape, to_rc)  # fmt: skip
     assert _iou(raster == 1, mask == 255) >= 0.99
     assert all(0.5 < f["properties"]["mean_probability"] <= 1 for f in doc["features"])
+    assert read_provenance(tmp_path / "f.geojson")["options"]["frontier_classes"] == [1]
+    # --frontier-classes all: the "is not" objects too
+    code = cli.main([str(a) for a in ["predict", m, tmp_path / "geo.tif", "-o", tmp_path / "m1.tif",
+                                      "--frontier", tmp_path / "all.geojson", "--frontier-classes",
+                                      "all"]])  # fmt: skip
+    assert code == 0
+    doc = json.loads((tmp_path / "all.geojson").read_text())
+    assert {f["properties"]["class"] for f in doc["features"]} == {1, 2}
+    raster = _raster([(f["geometry"]["coordinates"], f["properties"]["class"])
+                      for f in doc["features"]], mask.shape, to_rc)  # fmt: skip
+    _check(raster, np.where(mask == 255, 1, 2), (1, 2))
+    assert read_provenance(tmp_path / "all.geojson")["options"]["frontier_classes"] == [1, 2]
 
     # a batch: a folder of ROI sets, resumed; a deleted frontier file is redone
     (tmp_path / "in").mkdir()
@@ -234,11 +272,21 @@ def test_cli_frontier_outputs(tmp_path, model, capsys):
            tmp_path / "vec", "--frontier-format", "zip"]  # fmt: skip
     assert cli.main([str(a) for a in run]) == 0
     rois = roifile.roiread(tmp_path / "vec" / "a.zip")
-    raster = _raster([(r.coordinates(multi=True), r.group) for r in rois], img.shape)
-    assert _iou(raster == 1, read_image(tmp_path / "out" / "a.tif") == 255) >= 0.99
+    assert {r.group for r in rois} == {1}
+    raster = _raster([(r.coordinates(multi=True), 1) for r in rois], img.shape)
+    a_mask = read_image(tmp_path / "out" / "a.tif")
+    assert _iou(raster == 1, a_mask == 255) >= 0.99
     capsys.readouterr()
     assert cli.main([str(a) for a in run]) == 0
     assert "1 skipped (up to date)" in capsys.readouterr().err
+    # other classes: the batch redoes the image (the option is in its provenance)
+    assert cli.main([str(a) for a in [*run, "--frontier-classes", "1,2"]]) == 0
+    assert "1 redone (options changed)" in capsys.readouterr().err
+    rois = roifile.roiread(tmp_path / "vec" / "a.zip")
+    raster = _raster([(r.coordinates(multi=True), r.group) for r in rois], img.shape)
+    _check(raster, np.where(a_mask == 255, 1, 2), (1, 2))
+    assert cli.main([str(a) for a in run]) == 0
+    assert "1 redone (options changed)" in capsys.readouterr().err
     (tmp_path / "vec" / "a.zip").unlink()
     assert cli.main([str(a) for a in run]) == 0
     assert "1 redone (missing output)" in capsys.readouterr().err
@@ -269,6 +317,7 @@ def test_zarr_inputs_get_vectors_from_the_block_path(tmp_path, model, capsys):
     for row in rows:
         rings = objects.setdefault(int(row["object"]), ({}, int(row["class"])))[0]
         rings.setdefault(int(row["ring"]), []).append((float(row["x"]), float(row["y"])))
+    assert {k for _, k in objects.values()} == {1}  # the "is" objects
     raster = _raster([([v for _, v in sorted(r.items())], k) for r, k in objects.values()],
                      mask.shape)  # fmt: skip
     assert _iou(raster == 1, mask == 255) >= 0.99

@@ -30,6 +30,7 @@ def channel_args(p, axis: bool = True) -> None:
             "--channel-axis",
             type=int,
             default=None,
+            metavar="AXIS",
             help="axis of channels in the images (default: the model's, or OME-Zarr metadata)",
         )
     p.add_argument(
@@ -47,19 +48,25 @@ def common_args(p, nodata: bool = True) -> None:
             "--nodata",
             type=float,
             default=None,
+            metavar="VALUE",
             help="pixel value that marks invalid input (NaN/inf always do)",
         )
         p.add_argument(
             "--channel-axis",
             type=int,
             default=None,
+            metavar="AXIS",
             help="axis of channels in the image (default: grey, or RGB if the last axis has 3 or 4)",
         )
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

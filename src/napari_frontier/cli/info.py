@@ -5,8 +5,10 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     """The ``info`` command's arguments."""
-    i = sub.add_parser("info", help="show what a checkpoint holds")
-    i.add_argument("model", help="checkpoint file")
+    i = sub.add_parser(
+        "info", help="show what a checkpoint holds (network, classes, settings) as JSON"
+    )
+    i.add_argument("model", help="checkpoint written by 'frontier train'")
 
 
 def run(args) -> int:

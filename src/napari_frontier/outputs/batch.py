@@ -277,9 +277,13 @@ def _write_from_zarr(zpath: Path, target: Path) -> None:
 
 
 def _predict_item(
-    seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_block, wthreads, attrs
-):
-    """Predict one input to its outputs; ``attrs`` (provenance) go into each output."""
+    seg, it: BatchItem, fmt, tile, block, scheduler, workers, on_block, wthreads, attrs,
+    classes=None,
+):  # fmt: skip
+    """Predict one input to its outputs; ``attrs`` (provenance) go into each output.
+
+    ``classes``: those of the frontier vectors (:func:`.vectors.frontier_classes`).
+    """
     import shutil
 
     from ..data.io import read_image
@@ -304,7 +308,7 @@ def _predict_item(
             return
         pred = seg.predict(image, tile=tile)
         if it.vectors is not None:  # first: the mask written last vouches for it
-            _write_vectors(seg, it, attrs, probabilities=pred.probabilities)
+            _write_vectors(seg, it, attrs, probabilities=pred.probabilities, classes=classes)
         write_array(it.mask, pred.mask(fmt), attrs | {"kind": fmt})
         if it.probabilities is not None:
             write_array(
@@ -323,6 +327,15 @@ def _predict_item(
         return path.parent / f".{path.name}.zarr"
 
     zmask, zprobs = staged(it.mask), staged(it.probabilities)
+    if it.vectors is not None and fmt == "binary" and seg.n_classes > 2:
+        from .vectors import frontier_classes
+
+        if set(frontier_classes(seg.n_classes, classes)) - {1}:
+            raise FrontierError(
+                f"{it.source}: the frontier of classes 2..{seg.n_classes} of an image predicted "
+                "block by block is traced from its mask, and a binary mask merges them; "
+                "use --format labels (or --frontier-classes 1)"
+            )
     try:
         predict_to_zarr(
             seg,
@@ -339,7 +352,8 @@ def _predict_item(
             attrs=attrs,
         )
         if it.vectors is not None:
-            _write_vectors(seg, it, attrs, labels=_labels_of_mask(zmask, fmt))
+            labels = _labels_of_mask(zmask, fmt)
+            _write_vectors(seg, it, attrs, labels=labels, classes=classes)
         if zmask != it.mask:
             _write_from_zarr(zmask, it.mask)
         if zprobs is not None and zprobs != it.probabilities:
@@ -351,21 +365,17 @@ def _predict_item(
 
 
 def _labels_of_mask(path: Path, fmt: str):
-    """The class map (1..K, 0 = no-data) of a written mask."""
-    import numpy as np
-
+    """The class map (1..K, 0 = no-data) of a written mask (:func:`decode_mask`)."""
     from ..prediction.blocks import open_lazy
+    from ..prediction.tiling import decode_mask
 
-    mask = np.asarray(open_lazy(path).array[...])
-    if fmt == "labels":
-        return mask
-    return np.select([mask == 255, mask == 0], [1, 2], 0).astype(np.uint8)
+    return decode_mask(open_lazy(path).array[...], fmt)
 
 
-def _write_vectors(seg, it: BatchItem, attrs, labels=None, probabilities=None) -> None:
+def _write_vectors(seg, it: BatchItem, attrs, labels=None, probabilities=None, classes=None):
     from .vectors import frontier_polygons, read_georeference, write_frontier
 
-    polygons = frontier_polygons(labels, probabilities)
+    polygons = frontier_polygons(labels, probabilities, classes, n_classes=seg.n_classes)
     shape = probabilities.shape[1:] if probabilities is not None else labels.shape
     write_frontier(
         it.vectors,
@@ -380,7 +390,7 @@ def _write_vectors(seg, it: BatchItem, attrs, labels=None, probabilities=None) -
 def run_batch(
     seg,
     items: Sequence[BatchItem],
-    format: str = "binary",
+    format: str | None = None,
     tile: int = 1024,
     block: int = 2048,
     scheduler=None,
@@ -388,8 +398,16 @@ def run_batch(
     overwrite: bool = False,
     block_progress: Callable[[BatchItem, int, int], None] | None = None,
     worker_threads: int | None = None,
+    frontier_classes=None,
 ) -> Generator[BatchEvent, None, None]:
     """Predict every item; yield a :class:`BatchEvent` per image.
+
+    ``format``: of the masks, ``"binary"`` or ``"labels"``; default binary for
+    a two-class model, labels for K > 2 (:func:`~napari_frontier.prediction.tiling.default_mask_format`).
+    ``frontier_classes``: the classes of the frontier vectors (default the
+    "is" objects of a two-class model, every class of a K > 2 one; ``"all"``;
+    or a list: :func:`~napari_frontier.outputs.vectors.frontier_classes`),
+    recorded in the provenance of items with vectors.
 
     ``block_progress(item, done, total)`` is called after each block of an
     image predicted block by block (from a worker thread). ``workers``: threads
@@ -401,16 +419,22 @@ def run_batch(
     ``failed`` events and the batch goes on. ``scheduler``: None (this
     process), or a ``distributed`` address / client.
     """
+    from ..prediction.tiling import default_mask_format
     from .provenance import make_provenance, model_checksum, prediction_options, remove_parts
+    from .vectors import frontier_classes as resolve_classes
 
+    if format is None:
+        format = default_mask_format(seg.n_classes)
+    classes = resolve_classes(seg.n_classes, frontier_classes)
     _prepare_folders(items)
     total = len(items)
     channel_axis = seg.channel_axis
     model_sha = model_checksum(seg)
     options = prediction_options(seg, format)
     for n, it in enumerate(items, 1):
+        opts = options if it.vectors is None else options | {"frontier_classes": list(classes)}
         try:
-            provenance = make_provenance(it.source, model_sha, options)
+            provenance = make_provenance(it.source, model_sha, opts)
         except OSError as exc:
             yield BatchEvent(it, "failed", n, total, f"{it.source}: cannot read ({exc})")
             continue
@@ -434,7 +458,7 @@ def run_batch(
         try:
             _predict_item(
                 seg, it, format, tile, block, scheduler, workers, on_block, worker_threads,
-                {"provenance": provenance},
+                {"provenance": provenance}, classes,
             )  # fmt: skip
         except (FrontierError, OSError, ValueError) as exc:
             msg = str(exc) if isinstance(exc, FrontierError) else f"{type(exc).__name__}: {exc}"

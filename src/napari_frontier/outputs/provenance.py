@@ -14,7 +14,8 @@ with a reason (:func:`mismatch`).
   (network config, classes, normalisation, no-data value), not of the
   checkpoint file, so re-saving a model does not redo a batch but any
   training step does (:func:`model_checksum`).
-- **options**: mask format, classes, channel axis and channel selection.
+- **options**: mask format, classes, channel axis and channel selection,
+  test-time flips; with frontier vectors, their classes (``frontier_classes``).
 
 Frontier vectors record it too (GeoJSON: a top-level member; ImageJ ROI
 sets: the zip comment). Masks in formats that hold no metadata (PNG, JPEG,

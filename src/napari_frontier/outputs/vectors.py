@@ -1,7 +1,10 @@
-"""The frontier as vectors: one polygon (with holes) per object and class.
+"""The frontier as vectors: one polygon (with holes) per object.
 
 :func:`frontier_polygons` traces every object (a 4-connected region of one
-predicted class) with sub-pixel contours. From probabilities the contour is
+predicted class) with sub-pixel contours. Which classes: for a two-class
+model the "is" objects only (what a user opening the file in QGIS or Fiji
+expects: the background is no object); for K > 2 classes every class;
+``classes="all"`` or a list picks others (:func:`frontier_classes`). From probabilities the contour is
 where the object's class ties with the best other class, ``P_k = max_j≠k P_j``:
 for two classes exactly ``P = 0.5``. From a label map it runs between pixel
 centres. Each object is traced on its own padded crop, so every ring closes
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.scribbles import IS
 from ..errors import FrontierIOError
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".zip", ".csv")
@@ -77,13 +81,42 @@ def _close(ring: np.ndarray) -> np.ndarray:
 
 
 # -- tracing ---------------------------------------------------------------------
+def frontier_classes(n_classes: int, classes: Sequence[int] | str | None = None) -> tuple[int, ...]:
+    """The classes whose objects are traced, for a model of ``n_classes`` classes.
+
+    ``None`` (the default): ``(1,)``, the "is" objects, for two classes, and
+    every class 1..K for more. ``"all"``: every class. A sequence: those
+    classes (each in 1..K), in increasing order.
+
+    Raises
+    ------
+    ValueError
+        A class outside 1..K, an empty list, or a string other than ``"all"``.
+    """
+    n = int(n_classes)
+    if classes is None:
+        return (IS,) if n <= 2 else tuple(range(1, n + 1))
+    if isinstance(classes, str):
+        if classes.strip().lower() != "all":
+            raise ValueError(f"{classes!r}: use 'all' or a list of classes 1..{n}")
+        return tuple(range(1, n + 1))
+    picked = sorted({int(k) for k in classes})
+    if not picked:
+        raise ValueError("no class given: use 'all' or a list of classes 1..{n}")
+    bad = [k for k in picked if not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"{','.join(map(str, bad))}: the model has classes 1..{n}")
+    return tuple(picked)
+
+
 def frontier_polygons(
     labels: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
-    classes: Sequence[int] | None = None,
+    classes: Sequence[int] | str | None = None,
     min_pixels: int = 1,
+    n_classes: int | None = None,
 ) -> list[FrontierPolygon]:
-    """Polygons of every object of every class (see the module docstring).
+    """Polygons of the objects of some classes (see the module docstring).
 
     Parameters
     ----------
@@ -95,9 +128,15 @@ def frontier_polygons(
         sub-pixel contours at the class boundary, and ``mean_probability`` of
         each object (mean P(class) over its boundary pixels).
     classes
-        Classes to trace (default: all, 1..K).
+        Classes to trace: default the "is" objects of a two-class model and
+        every class of a K > 2 one; ``"all"``; or a list (see
+        :func:`frontier_classes`).
     min_pixels
         Smaller objects are left out.
+    n_classes
+        K. Default: the number of ``probabilities``, else the highest class
+        in ``labels`` (at least 2): give it with a class map of a K > 2 model
+        in which some class is never predicted.
 
     Returns
     -------
@@ -121,9 +160,12 @@ def frontier_polygons(
         raise ValueError(
             f"probabilities {np.shape(probabilities)} do not fit labels {labels.shape}"
         )
-    if classes is None:
-        n = int(np.shape(probabilities)[0]) if probabilities is not None else int(labels.max())
-        classes = range(1, n + 1)
+    if n_classes is None:
+        if probabilities is not None:
+            n_classes = int(np.shape(probabilities)[0])
+        else:
+            n_classes = max(2, int(labels.max()) if labels.size else 0)
+    classes = frontier_classes(n_classes, classes)
     out: list[FrontierPolygon] = []
     for idx in np.ndindex(*labels.shape[:-2]):
         lab = labels[idx]
@@ -185,8 +227,9 @@ def _margin(probs: np.ndarray, k: int, obj: np.ndarray) -> np.ndarray:
 def frontier_shapes(
     labels: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
-    classes: Sequence[int] | None = None,
+    classes: Sequence[int] | str | None = None,
     min_pixels: int = 1,
+    n_classes: int | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Rings ready for a napari Shapes layer: ``(polygons, classes)``.
 
@@ -197,7 +240,7 @@ def frontier_shapes(
     :func:`frontier_polygons`.
     """
     polygons, kinds = [], []
-    for poly in frontier_polygons(labels, probabilities, classes, min_pixels):
+    for poly in frontier_polygons(labels, probabilities, classes, min_pixels, n_classes):
         for ring in poly.rings:
             r = ring[:-1]  # napari closes polygons itself
             if poly.index:

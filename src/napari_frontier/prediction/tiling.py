@@ -1,4 +1,4 @@
-"""Tiled prediction, test-time flips, frontier and uncertainty.
+"""Tiled prediction, test-time flips, frontier and uncertainty; the mask encoding.
 
 Images of any size are predicted in tiles. Each tile carries a halo of
 context on every side that is cut away again, and tile origins are aligned to
@@ -259,18 +259,6 @@ def labels_of(probabilities: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_mask(labels: np.ndarray, format: str = "binary") -> np.ndarray:
-    """Exportable mask of a class map (uint8 1..K, 0 = invalid input): see :meth:`Prediction.mask`."""
-    if format == "labels":
-        return labels
-    if format != "binary":
-        raise ValueError(f"unknown mask format {format!r}; use 'binary' or 'labels'")
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[IS] = 255
-    lut[Prediction.NODATA_LABELS] = Prediction.NODATA_BINARY
-    return lut[labels]
-
-
 def uncertainty(probabilities: np.ndarray) -> np.ndarray:
     """Normalised entropy in [0, 1]: 0 = certain, 1 = all classes equally likely."""
     p = np.clip(probabilities, 1e-7, 1.0)
@@ -343,14 +331,17 @@ class Prediction:
         lab[~self.valid] = self.NODATA_LABELS
         return lab
 
-    def mask(self, format: str = "binary") -> np.ndarray:
-        """Exportable mask.
+    def mask(self, format: str | None = None) -> np.ndarray:
+        """Exportable mask (:func:`encode_mask` of :attr:`labels`).
 
         ``"binary"``: uint8, 255 = "is", 0 = anything else, 127 = invalid input.
         ``"labels"``: uint8 class indices 1..K, 0 = invalid input.
+        Default (None): :func:`default_mask_format`, binary for two classes,
+        labels for more (so that no class is merged with another).
         """
-        if format not in ("binary", "labels"):
-            raise ValueError(f"unknown mask format {format!r}; use 'binary' or 'labels'")
+        if format is None:
+            format = default_mask_format(self.n_classes)
+        _check_format(format)
         return encode_mask(self.labels, format)
 
     @property
@@ -368,3 +359,52 @@ class Prediction:
     def frontier_raster(self) -> np.ndarray:
         """1-pixel boundary between predicted classes (bool)."""
         return frontier_raster(self.labels)
+
+
+# -- the one mask encoding: class map <-> mask file ----------------------------
+#: The mask formats: ``binary`` (255 / 0 / 127) and ``labels`` (1..K / 0).
+MASK_FORMATS = ("binary", "labels")
+
+
+def _check_format(format: str) -> None:
+    if format not in MASK_FORMATS:
+        raise ValueError(f"unknown mask format {format!r}; use 'binary' or 'labels'")
+
+
+def default_mask_format(n_classes: int) -> str:
+    """``"binary"`` for a two-class model, ``"labels"`` for K > 2 (binary would merge 2..K)."""
+    return "binary" if n_classes <= 2 else "labels"
+
+
+def encode_mask(labels: np.ndarray, format: str = "binary") -> np.ndarray:
+    """The mask of a class map (uint8 1..K, 0 = invalid input), as :meth:`Prediction.mask` writes it.
+
+    ``"labels"``: the class map itself. ``"binary"``: 255 = "is", 0 = any
+    other class, :attr:`Prediction.NODATA_BINARY` (127) = invalid input.
+    :func:`decode_mask` is the inverse.
+    """
+    _check_format(format)
+    if format == "labels":
+        return labels
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[IS] = 255
+    lut[Prediction.NODATA_LABELS] = Prediction.NODATA_BINARY
+    return lut[labels]
+
+
+def decode_mask(mask: np.ndarray, format: str = "binary") -> np.ndarray:
+    """The class map (uint8 1..K, 0 = invalid input) of a mask written by :func:`encode_mask`.
+
+    A binary mask gives 1 ("is"), 2 (every other class) and 0 (invalid input).
+    """
+    _check_format(format)
+    mask = np.asarray(mask)
+    if format == "labels":
+        return mask
+    if mask.dtype != np.uint8:  # not one of ours: anything but 255 and 0 is invalid
+        return np.select([mask == 255, mask == 0], [IS, IS + 1], 0).astype(np.uint8)
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[255] = IS
+    lut[0] = IS + 1
+    lut[Prediction.NODATA_BINARY] = Prediction.NODATA_LABELS
+    return lut[mask]
