@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     import napari
-    from napari_frontier._napari._loop import warmed_up
+    from napari_frontier._napari.jobs import warmed_up
 
     proc = psutil.Process()
     viewer = napari.Viewer(show=True)

@@ -34,7 +34,7 @@ def trainer(make_napari_viewer):
     widget.session.configure(train_config=TEST_TRAIN, model_config=SMALL_MODEL)
     # As for a user who paints before pressing Train: the once-per-process
     # torch warm-up has finished (keeps the printed timings meaningful).
-    from napari_frontier._napari._loop import warmed_up
+    from napari_frontier._napari.jobs import warmed_up
 
     assert warmed_up.wait(60)
     return viewer, widget

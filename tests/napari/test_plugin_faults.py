@@ -209,10 +209,8 @@ def test_continuous_painting_worker_sees_only_consistent_copies(trainer, qtbot):
         qtbot.wait(400 if i % 40 == 39 else 5)
     session = widget.session
 
-    def all_trained_on():  # nothing left to send, and the trainer took the newest delta
-        return session._dirty is None and session._received_version >= session._version
-
-    qtbot.waitUntil(all_trained_on, timeout=TIMEOUT)
+    # nothing left to send, and the trainer took the newest delta
+    qtbot.waitUntil(lambda: session.edits.all_received, timeout=TIMEOUT)
     assert session.scribbles_received > 0
     assert widget.is_training and len(sent) >= 5
     versions = [d.version for d, _ in sent]
@@ -306,3 +304,45 @@ def test_open_broken_project_is_a_notification(make_napari_viewer, qtbot, tmp_pa
     widget.open_project_button.click()
     assert any("not a readable" in m for m in _since(n))
     assert len(viewer.layers) == 0 and widget.open_project_button.isEnabled()
+
+
+def test_failed_background_job_is_one_notification_and_widget_stays_usable(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    """A job's error comes back through the worker's ``errored`` signal: one notification.
+
+    A RuntimeError raised in a generator job (predict volume) too, which
+    superqt would otherwise drop without a signal.
+    """
+    from napari_frontier._napari.jobs import warmed_up
+
+    viewer, widget = _viewer_with(make_napari_viewer, _image(), _scribbles())
+    assert warmed_up.wait(60)  # no torch thread left running at exit
+    seg = widget.session.get_segmenter()
+    seg.fit(_image(), _scribbles(), steps=2)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("injected fault in a job")
+
+    def fails_later(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("injected fault in a job")
+
+    monkeypatch.setattr(seg, "predict", fails)
+    n = len(notification_manager.records)
+    widget.apply_to("img")
+    qtbot.waitUntil(lambda: not widget.session.is_busy, timeout=TIMEOUT)
+    assert _since(n) == ["napari-frontier: RuntimeError: injected fault in a job"]
+    assert "img mask" not in viewer.layers
+    assert widget.apply_button.isEnabled() and widget.train_button.isEnabled()
+
+    viewer.add_image(np.stack([_image()] * 4), name="stack")
+    widget.set_layers(image="stack")
+    monkeypatch.setattr(seg, "predict_slices", fails_later)
+    n = len(notification_manager.records)
+    with qtbot.waitSignal(widget.session.volume_done, timeout=TIMEOUT):
+        widget.predict_volume()
+    qtbot.waitUntil(lambda: not widget.session.is_busy, timeout=TIMEOUT)
+    assert _since(n) == ["napari-frontier: RuntimeError: injected fault in a job"]
+    assert not widget.session.jobs.volume_complete
+    assert widget.volume_button.isEnabled() and widget.train_button.isEnabled()

@@ -74,7 +74,7 @@ def test_predictor_reads_only_the_slice_of_a_lazy_stack():
 
 
 def _trainer(make_napari_viewer, image, scribbles, **kwargs):
-    from napari_frontier._napari._loop import warmed_up
+    from napari_frontier._napari.jobs import warmed_up
 
     viewer = make_napari_viewer()
     viewer.add_image(image, name="stack", **kwargs)

@@ -117,6 +117,8 @@ def test_end_to_end(trainer, qtbot, tmp_path, monkeypatch):
     _answer_file_dialogs(monkeypatch, tmp_path / "frontier.geojson")
     widget.frontier_button.click()
     doc = json.loads((tmp_path / "frontier.geojson").read_text())
+    # A two-class model exports its "is" objects only (no "is not" background).
+    assert doc["features"] and {f["properties"]["class"] for f in doc["features"]} == {1}
     raster = np.zeros(mask.shape, bool)
     for feature in doc["features"]:
         if feature["properties"]["class"] != 1:
@@ -133,7 +135,7 @@ def test_end_to_end(trainer, qtbot, tmp_path, monkeypatch):
     assert len(viewer.layers) == n + 1
     shapes = viewer.layers[-1]
     assert shapes._type_string == "shapes" and len(shapes.data) >= len(doc["features"])
-    assert set(shapes.features["class"]) <= {1, 2}
+    assert set(shapes.features["class"]) == {1}
 
     # Save, reset, load: the same prediction comes back.
     before = widget.session.prediction.probabilities.copy()
@@ -158,7 +160,7 @@ def test_end_to_end(trainer, qtbot, tmp_path, monkeypatch):
     where = widget.suggest()
     assert where is not None
     assert scribbles.data[where] == 0
-    from napari_frontier._napari.widget import _camera
+    from napari_frontier._napari.overlays import camera as _camera
 
     np.testing.assert_allclose(_camera(viewer).center[-2:], where, atol=1)
 
@@ -229,7 +231,7 @@ def test_closing_viewer_stops_training(trainer, qtbot):
     assert trainer.stopping
     assert QThreadPool.globalInstance().waitForDone(10_000)
     assert not trainer.running.is_set()
-    qtbot.waitUntil(lambda: widget.session._closed, timeout=5000)  # widget destroyed
+    qtbot.waitUntil(lambda: widget.session.closed, timeout=5000)  # widget destroyed
 
 
 def test_unsupported_image_gives_clear_message(make_napari_viewer, qtbot, monkeypatch):
@@ -343,12 +345,16 @@ def test_pickers_follow_the_layer_list_and_settings_apply(make_napari_viewer, qt
     form.apply(widget.session)
     assert widget.session.n_classes == 3 and widget.session.get_segmenter().n_classes == 3
     assert not form.apply(widget.session)  # nothing changed since
+    # The mask format follows the class count (a binary mask would merge classes 2..K).
+    widget._sync()
+    assert widget.format_box.currentText() == "labels"
     # The Train click only starts the worker: no layer is made then.
     widget.session.configure(model_config=dict(width=8, depth=1))
     form.classes.value = 2
     n = len(viewer.layers)
     widget.start()
     assert widget.is_training and len(viewer.layers) == n
+    assert widget.format_box.currentText() == "binary"
     qtbot.waitUntil(lambda: bool(widget.session.history), timeout=TIMEOUT)
     widget.stop()
     qtbot.waitUntil(lambda: not widget.is_training, timeout=TIMEOUT)

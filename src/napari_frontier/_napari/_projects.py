@@ -286,7 +286,7 @@ def open_project(path, viewer, session):
     Returns ``(image_layer, scribbles_layer)``; the model (if any) is set on
     the session and predicts the image in the background.
     """
-    session._require_idle("open a project")
+    session.require_idle("open a project")
     project = P.load_project(path, device=session.train_config.device)
     image = project.image
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)

@@ -409,3 +409,20 @@ def add_mask_layer(viewer, labels: np.ndarray, image_layer, name: str) -> Labels
         colormap=mask_colormap(),
         metadata={ROLE_KEY: name},
     )
+
+
+#: Edge colour of each class in "Frontier as shapes" (other classes: magenta).
+SHAPE_COLORS = {IS: "yellow", IS_NOT: "cyan"}
+
+
+def add_frontier_shapes(viewer, rings: list, classes: list):
+    """Add the frontier as an editable Shapes layer: one polygon per ring, coloured by class."""
+    return viewer.add_shapes(
+        rings,
+        shape_type="polygon",
+        edge_color=[SHAPE_COLORS.get(k, "magenta") for k in classes],
+        face_color="transparent",
+        edge_width=1,
+        name="frontier shapes",
+        features={"class": classes},
+    )

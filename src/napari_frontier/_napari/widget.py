@@ -1,8 +1,9 @@
 """The "Scribble trainer" dock widget: layout and wiring only.
 
-Everything that runs training or touches overlay layers lives in
-:mod:`.session` and :mod:`.layers`; this module turns clicks and keys into
-calls and session signals into labels.
+Everything that runs training, jobs or exports, or touches overlay layers,
+lives in :mod:`.session` and its satellites (:mod:`.edits`, :mod:`.overlays`,
+:mod:`.jobs`) and :mod:`.layers`; this module turns clicks and keys into calls
+and session signals into labels.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from qtpy.QtWidgets import (
 
 from ..data.scribbles import IS, IS_NOT
 from ..errors import FrontierError
-from ..live.suggest import suggest_location
+from ..prediction.tiling import default_mask_format
 from . import _projects
 from . import layers as L
 from ._pickers import LayerPicker, SettingsForm
@@ -89,6 +90,7 @@ class FrontierWidget(QWidget):
         )
         self._offered: set[str] = set()
         self._chosen = None
+        self._format_classes = 2  # class count the mask format was chosen for
         self._connect()
         self._on_image_chosen()
 
@@ -139,7 +141,8 @@ class FrontierWidget(QWidget):
         self.format_box = QComboBox()
         self.format_box.addItems(["binary", "labels"])
         self.format_box.setToolTip(
-            'binary: 255 = "is", 0 = not; labels: 1 = "is", 2 = "is not"; 127 / 0 = no data'
+            'binary: 255 = "is", 0 = not; labels: class 1..K (the default for K > 2); '
+            "127 / 0 = no data"
         )
         self.export_button = self._button(
             "Export mask…",
@@ -273,6 +276,15 @@ class FrontierWidget(QWidget):
         self.restore_button.setEnabled(
             idle and self.autosaver.available(self.image_picker.layer()) is not None
         )
+        self._follow_class_count()
+
+    def _follow_class_count(self) -> None:
+        """The mask format follows the model's class count when it changes (labels for K > 2)."""
+        seg = self.session.segmenter
+        k = seg.n_classes if seg is not None else self.session.n_classes
+        if k != self._format_classes:
+            self._format_classes = k
+            self.format_box.setCurrentText(default_mask_format(k))
 
     # -- session signals ------------------------------------------------------
     @staticmethod
@@ -302,7 +314,7 @@ class FrontierWidget(QWidget):
         self._sync()
 
     def _on_volume_done(self, layer) -> None:
-        done = "predicted" if self.session.volume_complete else "cancelled: partly predicted"
+        done = "predicted" if self.session.jobs.volume_complete else "cancelled: partly predicted"
         self.status.setText(f'"{layer.name}": {done}')
 
     # -- scripting API --------------------------------------------------------
@@ -325,6 +337,7 @@ class FrontierWidget(QWidget):
             L.style_scribbles(scribbles)
         if not self.is_training:
             self.settings.apply(self.session)
+            self._follow_class_count()
         self.session.start(self.image_picker.layer(), scribbles)
         self.plot.clear()
 
@@ -336,33 +349,15 @@ class FrontierWidget(QWidget):
 
     def export_mask(self, path, format: str | None = None):
         """Write the current prediction to ``path`` (binary or labels mask)."""
-        return self.session.export_mask(path, format or self.format_box.currentText())
+        return self.session.jobs.export_mask(path, format or self.format_box.currentText())
 
     def export_frontier(self, path):
         """Write the frontier of the current prediction (format by suffix); returns the path."""
-        return self.session.export_frontier(path)
+        return self.session.jobs.export_frontier(path)
 
     def frontier_shapes(self):
         """Add the frontier of the current prediction as a Shapes layer and return it."""
-        polygons = self.session.frontier_polygons()
-        rings, classes = [], []
-        for poly in polygons:
-            for ring in poly.rings:
-                rings.append(ring[:-1])
-                classes.append(poly.label)
-        if not rings:
-            raise FrontierError("the prediction has no frontier: a single class everywhere")
-        colours = {IS: "yellow", IS_NOT: "cyan"}
-        layer = self.viewer.add_shapes(
-            rings,
-            shape_type="polygon",
-            edge_color=[colours.get(k, "magenta") for k in classes],
-            face_color="transparent",
-            edge_width=1,
-            name="frontier shapes",
-            features={"class": classes},
-        )
-        return layer
+        return self.session.jobs.frontier_shapes()
 
     def save_model(self, path) -> None:
         """Save the network to ``path``."""
@@ -394,7 +389,7 @@ class FrontierWidget(QWidget):
 
     def restore_autosave(self):
         """Add the chosen image's autosaved scribbles as a layer; load the autosaved model."""
-        self.session._require_idle("restore an autosave")
+        self.session.require_idle("restore an autosave")
         image = self.image_picker.layer()
         layer, seg = self.autosaver.restore(self.viewer, image)
         self.set_layers(scribbles=layer)
@@ -418,33 +413,19 @@ class FrontierWidget(QWidget):
     def predict_volume(self) -> None:
         """Predict every slice of the chosen image in the background (a Labels layer)."""
         image = self.image_picker.layer()
-        self.session.predict_volume(image)
+        self.session.jobs.predict_volume(image)
         self.status.setText(f'predicting every slice of "{image.name}"…')
 
     def apply_to(self, layer) -> None:
         """Predict another image layer (layer or name) in the background."""
         self.apply_picker.choose(layer)
-        self.session.apply_to(self.apply_picker.layer())
+        self.session.jobs.apply_to(self.apply_picker.layer())
 
     def suggest(self):
         """Centre the camera on the most uncertain unpainted area; returns (row, col)."""
-        pred, scribbles = self.session.prediction, self.scribbles_picker.layer()
-        if pred is None:
-            raise FrontierError("train first: suggestions come from the prediction")
-        index = self.session.prediction_index
-        data = None if scribbles is None else scribbles.data
-        if data is not None and index and data.shape[: len(index)] == data.shape[:-2]:
-            data = data[index]  # the slice the prediction is of
-        if data is not None and data.shape != pred.valid.shape:
-            data = None
-        where = suggest_location(pred.uncertainty, data)
-        if where is None:
-            show_info("napari-frontier: no uncertain unpainted area left")
-            return None
-        layer = self.session.image_layer or self.image_picker.layer()
-        world = layer.data_to_world((*index, *where)) if layer is not None else where
-        _camera(self.viewer).center = tuple(world)[-2:]
-        return where
+        return self.session.overlays.suggest(
+            self.scribbles_picker.layer(), self.image_picker.layer()
+        )
 
     # -- buttons and keys -----------------------------------------------------
     @_shows_errors
@@ -551,12 +532,6 @@ class FrontierWidget(QWidget):
 
     def _key_suggest(self, viewer=None):
         self._on_suggest()
-
-
-def _camera(viewer):
-    """The viewer's camera (``viewer.scene.camera`` since napari 0.9)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
 
 
 def _teardown(viewer, session, autosaver=None) -> None:
