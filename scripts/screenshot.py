@@ -70,11 +70,13 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = viewer.layers["scribbles"]
     viewer.reset_view()
     if args.shapes:
+        from napari_frontier._napari.overlays import camera
+
         for name in ("frontier", "prediction"):
             viewer.layers[name].visible = False
         shapes = widget.frontier_shapes()
         shapes.edge_width = 2
-        viewer.camera.zoom *= 2.5
+        camera(viewer).zoom *= 2.5
     wait(1000)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
