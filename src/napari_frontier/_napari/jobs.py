@@ -157,6 +157,13 @@ class Jobs:
     def running(self) -> bool:
         return self.worker is not None
 
+    @staticmethod
+    def _worker(func, args, progress):
+        """A worker of ``func(*args)``, not started; its errors come through ``errored``."""
+        return create_worker(
+            func, *args, _start_thread=False, _ignore_errors=True, _progress=progress
+        )
+
     def _start(self, job, on_end=None) -> None:
         s = self._session
 
@@ -188,13 +195,7 @@ class Jobs:
         """Run ``func(*args)`` in a worker; ``on_result`` gets what it returns."""
         s = self._session
         s.require_idle(desc)
-        job = create_worker(
-            func,
-            *args,
-            _start_thread=False,
-            _ignore_errors=True,
-            _progress={"desc": desc} if progress else None,
-        )
+        job = self._worker(func, args, {"desc": desc} if progress else None)
 
         def returned(result):
             if not s.closed:
@@ -266,13 +267,10 @@ class Jobs:
         self.volume, self.volume_complete = (image_layer, labels), False
         s.image_layer = image_layer
         state = {"done": 0}
-        job = create_worker(
+        job = self._worker(
             predict_volume,
-            seg,
-            image,
-            _start_thread=False,
-            _ignore_errors=True,
-            _progress={"total": lay.n_slices, "desc": f"predict {image_layer.name}"},
+            (seg, image),
+            {"total": lay.n_slices, "desc": f"predict {image_layer.name}"},
         )
 
         def on_slice(upd):
@@ -299,14 +297,8 @@ class Jobs:
         s = self._session
         if s.image_layer is not None and L.lead_shape(s.image_layer):
             return self._export_volume(path, format)
-        if s.prediction is None:
-            raise FrontierError("nothing to export yet: train the model (or load one) first")
-        if not s.prediction_complete:
-            raise FrontierError(
-                "only the part of this large image you looked at has been predicted yet; "
-                "stop training (the whole image is predicted then) and export again"
-            )
-        return write_image(path, s.prediction.mask(format))
+        pred = self._whole_prediction("nothing to export yet", "export again")
+        return write_image(path, pred.mask(format))
 
     def _export_volume(self, path, format: str):
         from ..data.io import write_image
@@ -327,18 +319,24 @@ class Jobs:
             )
         return write_image(path, encode_mask(self.volume[1], format), photometric="minisblack")
 
+    def _whole_prediction(self, missing: str, again: str):
+        """The prediction of the whole 2D image, or a FrontierError (``missing``: none yet;
+        ``again``: what to do once the whole image is predicted)."""
+        s = self._session
+        if s.prediction is None:
+            raise FrontierError(f"{missing}: train the model (or load one) first")
+        if not s.prediction_complete:
+            raise FrontierError(
+                "only the part of this large image you looked at has been predicted yet; "
+                f"stop training (the whole image is predicted then) and {again}"
+            )
+        return s.prediction
+
     def _complete_prediction(self, what: str):
         s = self._session
         if s.image_layer is not None and L.lead_shape(s.image_layer):
             raise FrontierError(f"{what} of stacks: use `frontier predict --frontier` for now")
-        if s.prediction is None:
-            raise FrontierError(f"no {what} yet: train the model (or load one) first")
-        if not s.prediction_complete:
-            raise FrontierError(
-                "only the part of this large image you looked at has been predicted yet; "
-                "stop training (the whole image is predicted then) and try again"
-            )
-        return s.prediction
+        return self._whole_prediction(f"no {what} yet", "try again")
 
     def frontier_polygons(self) -> list:
         """The P = 0.5 frontier of the current prediction as polygons (with holes).
